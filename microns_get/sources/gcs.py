@@ -41,6 +41,7 @@ def object_info_from_json(item: Mapping[str, Any]) -> ObjectInfo:
 
 class GcsSource(Source):
     scheme = "gs"
+    page_size = 1000  # items per listing page (the JSON API's maximum)
 
     def __init__(self, bucket: str, session: aiohttp.ClientSession, endpoint: str) -> None:
         self.bucket = bucket
@@ -75,7 +76,7 @@ class GcsSource(Source):
     async def list(self, prefix: str, delimiter: str | None = None):
         token: str | None = None
         while True:
-            params = {"prefix": prefix, "fields": LIST_FIELDS, "maxResults": "1000"}
+            params = {"prefix": prefix, "fields": LIST_FIELDS, "maxResults": str(self.page_size)}
             if delimiter:
                 params["delimiter"] = delimiter
             if token:

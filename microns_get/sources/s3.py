@@ -79,6 +79,7 @@ def parse_list_page(xml_text: str) -> tuple[list[ObjectInfo], list[str], str | N
 
 class S3Source(Source):
     scheme = "s3"
+    page_size = 1000  # keys per listing page (S3's maximum)
 
     def __init__(self, bucket: str, session: aiohttp.ClientSession, endpoint: str | None) -> None:
         self.bucket = bucket
@@ -111,7 +112,12 @@ class S3Source(Source):
     async def list(self, prefix: str, delimiter: str | None = None):
         token: str | None = None
         while True:
-            params: dict[str, str] = {"list-type": "2", "prefix": prefix, "encoding-type": "url"}
+            params: dict[str, str] = {
+                "list-type": "2",
+                "prefix": prefix,
+                "encoding-type": "url",
+                "max-keys": str(self.page_size),
+            }
             if delimiter:
                 params["delimiter"] = delimiter
             if token:
