@@ -212,7 +212,7 @@ class Engine:
     def _begin(
         self, item: PlanItem, copy: RemoteCopy, ranges: list[tuple[int, int]], final: Path
     ) -> set[int]:
-        def begin() -> set[int]:
+        def begin(restart: bool = False) -> set[int]:
             return self.store.begin_item(
                 item.path,
                 plan_id=self.plan_id,
@@ -221,13 +221,14 @@ class Engine:
                 size=copy.size or 0,
                 identity=content_identity(copy),
                 parts=ranges,
+                restart=restart,
             )
 
         done = begin()
         if done and not files.temp_path_for(final).exists():
-            # The recorded parts lived in a temp file that is gone: start the item again.
-            self.store.reset_item(item.path)
-            done = begin()
+            # The recorded parts lived in a temp file that is gone (or failed verification and
+            # was discarded): start the item again.
+            done = begin(restart=True)
         return done
 
     async def _stat(self, source: Source, key: str, copy: RemoteCopy) -> RemoteCopy:
@@ -342,8 +343,7 @@ class Engine:
             verify_object, temp, expected_info(copy, key), known_md5, part_digests
         )
         if not result.ok:
-            files.discard_temp(final)
-            self.store.reset_item(str(final.relative_to(self.dest)))
+            files.discard_temp(final)  # the next attempt sees no temp file and starts over
             raise VerificationFailed(f"{copy.url}: {result.detail}")
         return result.method, result.detail
 

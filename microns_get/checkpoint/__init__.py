@@ -1,0 +1,13 @@
+"""The resume state shared by every process writing to one destination."""
+
+from microns_get.checkpoint.store import (
+    FINISHED,
+    STATES,
+    CheckpointStore,
+    ItemRecord,
+    PlannedItem,
+)
+
+STATE_FILE = ".microns-get/state.sqlite"  # relative to the destination directory
+
+__all__ = ["FINISHED", "STATES", "STATE_FILE", "CheckpointStore", "ItemRecord", "PlannedItem"]
