@@ -26,10 +26,20 @@ def test_defaults_when_nothing_is_set(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flag", "env", "file", "expected", "origin"),
     [
-        pytest.param("http://flag:1", "http://env:2", "http://file:3", "http://flag:1", "flag",
-                     id="flag-wins"),
-        pytest.param(None, "http://env:2", "http://file:3", "http://env:2", "env", id="env-over-file"),
-        pytest.param(None, None, "http://file:3", "http://file:3", "config", id="file-over-default"),
+        pytest.param(
+            "http://flag:1",
+            "http://env:2",
+            "http://file:3",
+            "http://flag:1",
+            "flag",
+            id="flag-wins",
+        ),
+        pytest.param(
+            None, "http://env:2", "http://file:3", "http://env:2", "env", id="env-over-file"
+        ),
+        pytest.param(
+            None, None, "http://file:3", "http://file:3", "config", id="file-over-default"
+        ),
     ],
 )
 def test_precedence(tmp_path, flag, env, file, expected, origin) -> None:
@@ -60,7 +70,10 @@ def test_default_config_location_is_read(tmp_path: Path, monkeypatch) -> None:
 def test_http_rewrite_parsing() -> None:
     env = {"MICRONS_GET_HTTP_REWRITE": "https://zenodo.org=http://127.0.0.1:9,https://a.b=http://c"}
     settings = resolve_settings({}, None, environ=env)
-    assert settings.http_rewrite == {"https://zenodo.org": "http://127.0.0.1:9", "https://a.b": "http://c"}
+    assert settings.http_rewrite == {
+        "https://zenodo.org": "http://127.0.0.1:9",
+        "https://a.b": "http://c",
+    }
 
 
 @pytest.mark.parametrize(
@@ -89,7 +102,13 @@ def test_named_config_file_must_exist(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("8388608", 8388608), ("64M", 64 << 20), ("1G", 1 << 30), ("1.5GiB", 3 << 29), ("16MB", 16 << 20)],
+    [
+        ("8388608", 8388608),
+        ("64M", 64 << 20),
+        ("1G", 1 << 30),
+        ("1.5GiB", 3 << 29),
+        ("16MB", 16 << 20),
+    ],
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value

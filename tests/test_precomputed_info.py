@@ -94,17 +94,30 @@ DELETE = object()
         pytest.param("scales.0.size", [1, 2], "scales[0].size", id="size-len"),
         pytest.param("scales.0.size", [1, -2, 3], "scales[0].size[1]", id="size-negative"),
         pytest.param("scales.0.key", DELETE, "scales[0].key", id="key-missing"),
-        pytest.param("scales.0.chunk_sizes", [[64, 64, 64], [32, 32, 32]], "chunk_sizes",
-                     id="sharded-two-chunk-sizes"),
-        pytest.param("scales.0.compressed_segmentation_block_size", DELETE,
-                     "compressed_segmentation_block_size", id="cseg-block-missing"),
+        pytest.param(
+            "scales.0.chunk_sizes",
+            [[64, 64, 64], [32, 32, 32]],
+            "chunk_sizes",
+            id="sharded-two-chunk-sizes",
+        ),
+        pytest.param(
+            "scales.0.compressed_segmentation_block_size",
+            DELETE,
+            "compressed_segmentation_block_size",
+            id="cseg-block-missing",
+        ),
         pytest.param("scales.0.sharding.hash", "sha1", "sharding.hash", id="bad-hash"),
         pytest.param("scales.0.sharding.@type", "other", "sharding.@type", id="bad-sharding-type"),
-        pytest.param("scales.0.sharding.minishard_index_encoding", "zstd",
-                     "minishard_index_encoding", id="bad-index-encoding"),
+        pytest.param(
+            "scales.0.sharding.minishard_index_encoding",
+            "zstd",
+            "minishard_index_encoding",
+            id="bad-index-encoding",
+        ),
         pytest.param("scales.0.sharding.shard_bits", "17", "shard_bits", id="bits-not-int"),
-        pytest.param("scales.1.resolution", [4, 4, 40], "scales[1].resolution",
-                     id="resolution-decreases"),
+        pytest.param(
+            "scales.1.resolution", [4, 4, 40], "scales[1].resolution", id="resolution-decreases"
+        ),
         pytest.param("scales.1.key", "8_8_40", "scales", id="duplicate-key"),
         pytest.param("mesh", 5, "mesh", id="mesh-not-string"),
     ],
@@ -116,7 +129,9 @@ def test_each_violation_names_field(path: str, value, field: str) -> None:
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b"\xff\xfe"], ids=["syntax", "list", "binary"])
+@pytest.mark.parametrize(
+    "data", [b"{not json", b"[1, 2]", b"\xff\xfe"], ids=["syntax", "list", "binary"]
+)
 def test_malformed_json(data: bytes) -> None:
     with pytest.raises(InfoError):
         parse_volume_info(data)

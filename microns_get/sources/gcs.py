@@ -7,7 +7,6 @@ media downloads. Every media request sends `Accept-Encoding: gzip`, so an object
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -105,7 +104,7 @@ class GcsSource(Source):
                     raise status_error(
                         url, resp.status, resp.headers, body.decode("utf-8", "replace")
                     )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise network_error(url, exc) from exc
         try:
             return json.loads(body)

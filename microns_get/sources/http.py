@@ -8,7 +8,6 @@ Must not retry (the retry policy wraps calls) or know about datasets.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
@@ -54,7 +53,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return None
     import datetime as _dt
 
-    return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
+    return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
 
 
 class RetryableHttpError(RemoteError):
@@ -111,7 +110,7 @@ class HttpTransport:
                 if resp.status >= 400:
                     raise status_error(url, resp.status, resp.headers)
                 return resp.headers.copy()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise network_error(url, exc) from exc
 
     async def get_bytes(
@@ -155,7 +154,7 @@ class HttpTransport:
                     raise RetryableHttpError(
                         f"short body from {url}: {received} of {expected} bytes"
                     )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise network_error(url, exc) from exc
 
 
@@ -169,7 +168,7 @@ class MissingObject(RemoteError):
 async def _short_text(resp: aiohttp.ClientResponse) -> str:
     try:
         return (await resp.content.read(4096)).decode("utf-8", "replace")
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return ""
 
 

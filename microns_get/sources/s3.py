@@ -7,7 +7,6 @@ a user's AWS credentials are never sent to a public bucket.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import xml.etree.ElementTree as ET
@@ -139,6 +138,6 @@ class S3Source(Source):
                 text = await resp.text()
                 if resp.status >= 400:
                     raise status_error(url, resp.status, resp.headers, text)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise network_error(url, exc) from exc
         return parse_list_page(text)
