@@ -176,18 +176,21 @@ def run(argv: Sequence[str] | None = None) -> int:
             standalone_mode=False,
             prog_name="microns-get",
         )
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return _fail("interrupted", ExitCode.INTERRUPTED)
-    except click.exceptions.UsageError as exc:
-        return _fail(exc.format_message().replace("\n", " "), ExitCode.BAD_INPUT)
-    except KeyboardInterrupt:
+    except (typer.Exit, click.exceptions.Exit) as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         return _fail("interrupted", ExitCode.INTERRUPTED)
     except MicronsGetError as exc:
         return _fail(str(exc), exit_code_for(exc))
     except OSError as exc:
-        return _fail(f"{exc.strerror or exc} ({exc.filename or ''})", ExitCode.SOME_FAILED)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", ExitCode.SOME_FAILED)
+    except Exception as exc:
+        # Usage errors from click, or from the copy of click that newer typer vendors: both
+        # carry `format_message()`; anything else is a bug and keeps its traceback.
+        if not hasattr(exc, "format_message"):
+            raise
+        return _fail(exc.format_message().replace("\n", " "), ExitCode.BAD_INPUT)
     return result if isinstance(result, int) else ExitCode.OK
 
 
