@@ -25,14 +25,15 @@ from microns_get.transfer import events as ev
 class JsonLines:
     """One JSON event per line on stdout (byte-level events are folded into item events)."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out  # None: whatever sys.stdout is when an event arrives
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.BytesMoved):
             return
-        self.out.write(json.dumps(event.to_json(), default=str) + "\n")
-        self.out.flush()
+        out = self.out or sys.stdout
+        out.write(json.dumps(event.to_json(), default=str) + "\n")
+        out.flush()
 
     def __enter__(self) -> JsonLines:
         return self
@@ -44,13 +45,14 @@ class JsonLines:
 class PlainLines:
     """Timestamped lines for logs and cron: starts, finished items, retries, failures."""
 
-    def __init__(self, out: TextIO = sys.stderr, quiet: bool = False) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None, quiet: bool = False) -> None:
+        self.out = out  # None: whatever sys.stderr is when an event arrives
         self.quiet = quiet
 
     def _line(self, text: str) -> None:
-        self.out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
-        self.out.flush()
+        out = self.out or sys.stderr
+        out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+        out.flush()
 
     def __call__(self, event: ev.Event) -> None:
         text = plain_text(event)

@@ -1,0 +1,262 @@
+"""Whole-object fetches through a fault-injecting proxy in front of real local servers.
+
+Every case must end with byte-identical files and nothing corrupt under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fetch_helpers import (
+    STACKS,
+    ScratchS3,
+    done_items,
+    done_parts,
+    env_without_config,
+    local_files,
+    random_bytes,
+    ranged_bytes,
+    temp_files,
+)
+
+from microns_get.cli.app import run
+from microns_get.testing.faultproxy import FaultProxy, FaultRule, slow_down, too_many_requests
+from microns_get.testing.servers import moto_server
+
+MIB = 1 << 20
+BIG_KEY = STACKS + "stack_big.tif"
+BIG = random_bytes(6 * MIB + 12345, seed=1)
+SMALL = {
+    STACKS + f"small_{i:02d}.tif": random_bytes(20_000 + i * 977, seed=100 + i) for i in range(8)
+}
+
+
+@pytest.fixture(scope="module")
+def scratch_endpoint() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def scratch(scratch_endpoint: str) -> ScratchS3:
+    s3 = ScratchS3(scratch_endpoint)
+    s3.reset()
+    s3.put(BIG_KEY, BIG)
+    for key, data in SMALL.items():
+        s3.put(key, data)
+    return s3
+
+
+@pytest.fixture
+def proxy(scratch: ScratchS3, monkeypatch) -> Iterator[FaultProxy]:
+    with FaultProxy(scratch.endpoint) as fault_proxy:
+        monkeypatch.setenv("MICRONS_GET_S3_ENDPOINT", fault_proxy.url)
+        monkeypatch.delenv("MICRONS_GET_CONFIG", raising=False)
+        monkeypatch.setenv("HOME", str(Path(os.environ.get("TMPDIR", "/tmp"))))
+        yield fault_proxy
+
+
+def expected_tree() -> dict[str, bytes]:
+    return {BIG_KEY: BIG, **SMALL}
+
+
+def fetch_stacks(dest: Path, *extra: str) -> int:
+    return run(["fetch", "structural-stacks", "--dest", str(dest), "--json", *extra])
+
+
+def finished_event(capsys) -> dict:
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    return [e for e in lines if e["event"] == "RunFinished"][-1]
+
+
+def test_clean_fetch_is_byte_identical(proxy, tmp_path, capsys) -> None:
+    assert fetch_stacks(tmp_path, "--part-size", "1M") == 0
+    assert local_files(tmp_path) == expected_tree()
+    done = finished_event(capsys)
+    assert done["objects_done"] == 9 and done["retries"] == 0
+    assert not temp_files(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        pytest.param(slow_down(probability=0.3, seed=7, method="GET"), id="503-slowdown"),
+        pytest.param(
+            too_many_requests(retry_after=1, times=2, only_ranged=True), id="429-retry-after"
+        ),
+        pytest.param(
+            FaultRule("reset", after_bytes=5000, times=3, only_ranged=True), id="reset-mid-body"
+        ),
+        pytest.param(
+            FaultRule("truncate", after_bytes=700, times=3, only_ranged=True), id="short-body"
+        ),
+        pytest.param(
+            FaultRule("wrong_content_range", shift=512, times=2, only_ranged=True),
+            id="wrong-content-range",
+        ),
+        pytest.param(
+            FaultRule("flip_byte", at=100, times=2, path_contains="small_03"), id="flipped-byte"
+        ),
+        pytest.param(
+            FaultRule("flip_byte", at=4321, times=1, path_contains="stack_big"),
+            id="flipped-byte-in-a-part",
+        ),
+    ],
+)
+def test_faults_end_with_identical_files(proxy, tmp_path, capsys, rule) -> None:
+    proxy.add_rule(rule)
+    assert fetch_stacks(tmp_path, "--part-size", "1M", "--jobs", "4") == 0
+    assert local_files(tmp_path) == expected_tree()
+    assert not temp_files(tmp_path)
+    assert rule.fired >= 1
+    assert finished_event(capsys)["retries"] >= 1
+
+
+def test_rerun_moves_nothing(proxy, tmp_path, capsys) -> None:
+    assert fetch_stacks(tmp_path) == 0
+    capsys.readouterr()
+    proxy.reset_stats()
+    assert fetch_stacks(tmp_path) == 0
+    done = finished_event(capsys)
+    assert done["objects_skipped"] == 9 and done["bytes_moved"] == 0
+    assert ranged_bytes(proxy.stats.log, "stack") == 0
+
+
+def test_object_replaced_between_parts_restarts_from_the_new_version(
+    proxy, scratch, tmp_path, capsys
+) -> None:
+    # Hold the second part of the big object while the test replaces the object upstream.
+    proxy.add_rule(
+        FaultRule(
+            "delay", seconds=1.5, path_contains="stack_big", only_ranged=True, skip_first=1, times=1
+        )
+    )
+    replacement = random_bytes(len(BIG), seed=99)
+    replaced = threading.Timer(0.5, lambda: scratch.put(BIG_KEY, replacement))
+    replaced.start()
+    code = fetch_stacks(tmp_path, "--part-size", "1M", "--jobs", "1", "--include", "stack_big*")
+    replaced.join()
+    assert code == 0
+    assert local_files(tmp_path) == {BIG_KEY: replacement}
+    assert finished_event(capsys)["retries"] >= 1
+
+
+def test_listing_keys_that_escape_dest_are_refused(proxy, scratch, tmp_path, capsys) -> None:
+    scratch.put(STACKS + "../../../../escape.txt", b"evil")
+    dest = tmp_path / "dest"
+    assert fetch_stacks(dest) == 2
+    err = capsys.readouterr().err
+    assert "escape" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "escape.txt").exists()
+    assert not dest.exists() or not local_files(dest)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"fetch ended before the kill: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("fetch made no progress")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _spawn_fetch(dest: Path, proxy_url: str, *args: str) -> subprocess.Popen:
+    env = env_without_config({"MICRONS_GET_S3_ENDPOINT": proxy_url, "HOME": str(dest.parent)})
+    command = [
+        sys.executable,
+        "-m",
+        "microns_get",
+        "fetch",
+        "structural-stacks",
+        "--dest",
+        str(dest),
+    ]
+    return subprocess.Popen(
+        [*command, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_kill_9_mid_large_object_then_rerun_fetches_only_unfinished_parts(
+    proxy, tmp_path, capsys
+) -> None:
+    dest = tmp_path / "dest"
+    proxy.add_rule(FaultRule("throttle", bytes_per_sec=1_500_000, path_contains="stack_big"))
+    proc = _spawn_fetch(
+        dest, proxy.url, "--part-size", "1M", "--jobs", "2", "--include", "stack_big*"
+    )
+    _kill_when(proc, lambda: done_parts(dest) >= 2)
+    finished_before_kill = done_parts(dest)
+    assert BIG_KEY not in local_files(dest)  # nothing under the final name
+    assert temp_files(dest)
+    proxy.clear_rules()
+    proxy.wait_idle()  # the killed client's requests may still be draining
+    proxy.reset_stats()
+    assert fetch_stacks(dest, "--part-size", "1M", "--include", "stack_big*") == 0
+    assert local_files(dest) == {BIG_KEY: BIG}
+    parts = -(-len(BIG) // MIB)
+    refetched = ranged_bytes(proxy.stats.log, "stack_big")
+    assert refetched <= len(BIG) - finished_before_kill * MIB
+    assert refetched >= (parts - finished_before_kill - 1) * MIB
+    assert not temp_files(dest)
+
+
+def test_kill_9_mid_many_small_objects_then_rerun(proxy, tmp_path, capsys) -> None:
+    dest = tmp_path / "dest"
+    proxy.add_rule(FaultRule("delay", seconds=0.3, path_contains="small_"))
+    proc = _spawn_fetch(dest, proxy.url, "--jobs", "2", "--exclude", "stack_big*")
+    _kill_when(proc, lambda: done_items(dest) >= 2)
+    finished_before_kill = done_items(dest)
+    for key, data in local_files(dest).items():
+        assert SMALL[key] == data  # whatever is under a final name is complete
+    proxy.clear_rules()
+    proxy.wait_idle()  # the killed client's requests may still be draining
+    proxy.reset_stats()
+    assert fetch_stacks(dest, "--exclude", "stack_big*") == 0
+    assert local_files(dest) == SMALL
+    done = finished_event(capsys)
+    assert done["objects_skipped"] >= finished_before_kill
+    fetched_again = {r.path for r in proxy.stats.log if r.method == "GET" and "small_" in r.path}
+    assert len(fetched_again) == len(SMALL) - done["objects_skipped"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_is_one_clear_error_and_a_rerun_completes(proxy, small_disk, capsys) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (4 * MIB))  # leaves too little room for the 6 MiB object
+    dest = small_disk / "dest"
+    code = run(["fetch", "structural-stacks", "--dest", str(dest), "--part-size", "1M"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no space left" in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    assert BIG_KEY not in local_files(dest)
+    filler.unlink()
+    assert fetch_stacks(dest, "--part-size", "1M") == 0
+    assert local_files(dest) == expected_tree()
