@@ -21,9 +21,11 @@ ENV_PREFIX = "MICRONS_GET_"
 DEFAULT_CONFIG_PATH = Path("~/.config/microns-get/config.yaml")
 
 
-def parse_size(text: str | int) -> int:
+def parse_size(text: str | int, allow_zero: bool = False) -> int:
     """Parse a byte count such as `64M`, `1.5GiB`, `8388608` (binary multiples, as rclone does)."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0 or (text == 0 and not allow_zero):
+            raise ConfigError(f"size must be positive: {text!r}")
         return text
     s = str(text).strip().upper().removesuffix("B").removesuffix("I")
     multipliers = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -35,9 +37,13 @@ def parse_size(text: str | int) -> int:
         value = float(s)
     except ValueError:
         raise ConfigError(f"not a size: {text!r} (expected e.g. 64M, 1G, 8388608)") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"size must be positive: {text!r}")
     return int(value * factor)
+
+
+def parse_byte_cost(text: str | int) -> int:
+    return parse_size(text, allow_zero=True)
 
 
 def parse_positive_int(text: str | int) -> int:
@@ -135,6 +141,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("jobs", parse_positive_int, 16, "Concurrent requests per host."),
     SettingSpec("part_size", parse_size, 64 << 20, "Ranged part size for large objects."),
     SettingSpec("mirror", parse_mirror, "auto", "auto, s3, gcs, https or a mirror base URL."),
+    SettingSpec(
+        "request_cost",
+        parse_byte_cost,
+        256 << 10,
+        "Cutouts: bytes one request is worth; a whole shard is read when cheaper than ranges.",
+    ),
     SettingSpec("timeout", parse_positive_float, 60.0, "Seconds before a stalled request fails."),
     SettingSpec("retries", parse_positive_int, 8, "Attempts per request before giving up."),
 )

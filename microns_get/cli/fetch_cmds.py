@@ -7,6 +7,7 @@ directory and DEST are only touched once a plan exists.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -16,8 +17,10 @@ from microns_get.catalog import load_catalog
 from microns_get.cli import render
 from microns_get.cli.progress import renderer_for, summary_lines
 from microns_get.config import Settings
-from microns_get.errors import ExitCode
+from microns_get.cutout import run_cutout
+from microns_get.errors import BadInput, ExitCode
 from microns_get.fetch import FetchRequest, PlannedFetch, Planner, plan_fetch, run_fetch
+from microns_get.plan.cutout import CutoutRequest
 from microns_get.plan.discover import select_mirrors
 from microns_get.sources import make_session
 
@@ -31,6 +34,87 @@ Jobs = Annotated[int | None, typer.Option(help="Concurrent requests.")]
 PartSize = Annotated[str | None, typer.Option(help="Ranged part size, e.g. 64M.")]
 MirrorOpt = Annotated[str | None, typer.Option(help="auto, s3, gcs, https or a mirror URL.")]
 Json = Annotated[bool, typer.Option("--json", help="JSON output.")]
+BboxOpt = Annotated[
+    str | None, typer.Option("--bbox", help="X0,Y0,Z0,X1,Y1,Z1 (end-exclusive): a cutout.")
+]
+BboxRes = Annotated[
+    str | None,
+    typer.Option(help="Units of --bbox as voxel size X,Y,Z in nm (default 4,4,40, as tables)."),
+]
+BboxUnits = Annotated[str | None, typer.Option(help="'nm' to give --bbox in nanometres.")]
+MipOpt = Annotated[str | None, typer.Option("--mip", help="Scale index, or 'all'.")]
+ResOpt = Annotated[str | None, typer.Option("--resolution", help="Scale by resolution X,Y,Z.")]
+
+
+def _cutout_request(
+    dataset: str, volume, version, bbox: str, bbox_resolution, bbox_units, mip, resolution
+) -> CutoutRequest:  # noqa: ANN001
+    from microns_get.precomputed.grid import NM, TABLE_RESOLUTION, parse_resolution
+
+    if bbox_units is not None and bbox_units.strip().lower() != "nm":
+        raise BadInput(f"--bbox-units takes only 'nm' (got {bbox_units!r})")
+    if bbox_units and bbox_resolution:
+        raise BadInput("give --bbox-resolution or --bbox-units, not both")
+    box_res = NM if bbox_units else TABLE_RESOLUTION
+    if bbox_resolution:
+        box_res = parse_resolution(bbox_resolution)
+    return CutoutRequest(
+        dataset=dataset,
+        bbox=bbox,
+        bbox_resolution=tuple(box_res),
+        volume=volume,
+        version=version,
+        mip=mip,
+        resolution=tuple(parse_resolution(resolution)) if resolution else None,
+    )
+
+
+def _cutout(
+    settings: Settings, request: CutoutRequest, dry_run: bool, as_json: bool, quiet: bool
+) -> None:
+    catalog = load_catalog()
+    if dry_run:
+        plan, _ = asyncio.run(run_cutout(settings, catalog, request, dry_run=True))
+        _print_cutout_plan(plan, as_json)
+        return
+    with renderer_for(as_json, quiet) as emit:
+        plan, finished = asyncio.run(run_cutout(settings, catalog, request, emit))
+    for warning in plan.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    if not as_json:
+        for line in summary_lines(finished):
+            typer.echo(line, err=True)
+        typer.echo(f"output: {Path(settings.dest) / plan.local_layer}", err=True)
+    if finished.objects_failed:
+        raise typer.Exit(ExitCode.SOME_FAILED)
+
+
+def _print_cutout_plan(plan: Any, as_json: bool) -> None:
+    data = plan.to_json()
+    if as_json:
+        render.print_json(data)
+        return
+    for warning in plan.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    totals = data["totals"]
+    render.console.print(
+        f"cutout plan {data['plan_id']} from {plan.layer_url} into {plan.local_layer}: "
+        f"{totals['chunks']} chunks ({totals['absent_chunks']} absent), "
+        f"{totals['requests']} requests, {totals['ranged_bytes']} bytes in ranges, "
+        f"index reads: {totals['index_requests']} requests / {totals['index_bytes']} bytes"
+    )
+    for scale in plan.scales:
+        kind = "sharded" if scale.sharded else "unsharded"
+        render.console.print(
+            f"  {scale.key} ({kind}): box {scale.box['lo']}..{scale.box['hi']}, "
+            f"{scale.chunks} chunks, {len(scale.reads)} reads"
+        )
+        for choice in scale.shards:
+            how = "whole shard" if choice.whole else f"{choice.ranged_requests} ranges"
+            render.console.print(
+                f"    {choice.key}: {choice.chunks} chunks, {choice.needed_bytes} of "
+                f"{choice.shard_size} bytes -> {how}"
+            )
 
 
 def _request(dataset: str, volume, version, part, include, exclude) -> FetchRequest:  # noqa: ANN001
@@ -94,9 +178,21 @@ def fetch(
     as_json: Json = False,
     no_verify: Annotated[bool, typer.Option(help="Check sizes only, not checksums.")] = False,
     quiet: Annotated[bool, typer.Option(help="Only failures and the summary.")] = False,
+    bbox: BboxOpt = None,
+    bbox_resolution: BboxRes = None,
+    bbox_units: BboxUnits = None,
+    mip: MipOpt = None,
+    resolution: ResOpt = None,
 ) -> None:
-    """Fetch whole objects: one file, an object set, or a whole layer byte for byte."""
+    """Fetch whole objects (a file, an object set, a whole layer byte for byte), or with --bbox
+    exactly the chunks of a precomputed layer that a box needs."""
     settings = _settings(ctx, dest=dest, jobs=jobs, part_size=part_size, mirror=mirror)
+    if bbox is not None:
+        cutout = _cutout_request(
+            dataset, volume, version, bbox, bbox_resolution, bbox_units, mip, resolution
+        )
+        _cutout(settings, cutout, dry_run, as_json, quiet)
+        return
     request = _request(dataset, volume, version, part, include, exclude)
     catalog = load_catalog()
     if dry_run:
@@ -126,9 +222,22 @@ def plan(
     part_size: PartSize = None,
     mirror: MirrorOpt = None,
     as_json: Json = False,
+    bbox: BboxOpt = None,
+    bbox_resolution: BboxRes = None,
+    bbox_units: BboxUnits = None,
+    mip: MipOpt = None,
+    resolution: ResOpt = None,
 ) -> None:
-    """Print the plan a fetch would run (every object, bytes, mirror); moves nothing."""
+    """Print the plan a fetch would run (objects or chunks, requests, bytes, mirror); moves
+    nothing."""
     settings = _settings(ctx, dest=dest, part_size=part_size, mirror=mirror)
+    if bbox is not None:
+        cutout = _cutout_request(
+            dataset, volume, version, bbox, bbox_resolution, bbox_units, mip, resolution
+        )
+        plan_, _ = asyncio.run(run_cutout(settings, load_catalog(), cutout, dry_run=True))
+        _print_cutout_plan(plan_, as_json)
+        return
     request = _request(dataset, volume, version, part, include, exclude)
     planned = asyncio.run(plan_fetch(settings, load_catalog(), request))
     if as_json:

@@ -27,7 +27,7 @@ from microns_get.sources import CloudPath, ObjectInfo, Source, open_source
 from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.transfer.health import MirrorHealth
-from microns_get.transfer.retry import with_retries
+from microns_get.transfer.requests import Requester
 from microns_get.verify.digests import StreamHasher, verify_object
 
 T = TypeVar("T")
@@ -92,6 +92,7 @@ class Engine:
         self.emit = emit
         self.verify = verify
         self.health = health or MirrorHealth()
+        self.requester = Requester(settings, self.health, emit)
         self.requests = asyncio.Semaphore(settings.jobs)
         self.tally = Tally()
         self._sources: dict[tuple[str, str], Source] = {}
@@ -120,7 +121,7 @@ class Engine:
             objects_failed=t.failed,
             bytes_moved=t.bytes_moved,
             seconds=round(time.monotonic() - started, 3),
-            retries=t.retries,
+            retries=t.retries + self.requester.retries,
             mirrors_used=dict(t.mirrors),
             verified_by=dict(t.verified_by),
             failures=t.failures[:50],
@@ -297,26 +298,7 @@ class Engine:
 
     async def _request(self, copy: RemoteCopy, call: Callable[[], Awaitable[T]]) -> T:
         """One request with retries; failures count against the mirror's health."""
-
-        def on_retry(exc: BaseException) -> None:
-            self.tally.retries += 1
-            self.emit(ev.Retrying(copy.url, str(exc)))
-            if self.health.failure(copy.provider):
-                self.emit(ev.MirrorDown(copy.provider, str(exc)))
-
-        def give_up() -> bool:
-            return self.health.is_down(copy.provider) and not self.health.all_down(
-                self.health.rank or [copy.provider]
-            )
-
-        try:
-            result = await with_retries(call, self.settings.retries, on_retry, give_up)
-        except RemoteError as exc:
-            if exc.retryable and self.health.failure(copy.provider):
-                self.emit(ev.MirrorDown(copy.provider, str(exc)))
-            raise
-        self.health.success(copy.provider)
-        return result
+        return await self.requester(copy.provider, copy.url, call)
 
     # -- verification ----------------------------------------------------------------------
     async def _verify(

@@ -105,3 +105,14 @@ def discard_temp(final: Path) -> None:
         temp_path_for(final).unlink()
     except FileNotFoundError:
         pass
+
+
+def write_file_atomic(final: Path, data: bytes) -> None:
+    """A small file in one go: temp name, fsync, rename (for chunks, info files, meshes)."""
+    fd = open_temp(final, len(data))
+    try:
+        write_at(fd, data, 0, final)
+        sync(fd, final)
+    finally:
+        os.close(fd)
+    finish(final)

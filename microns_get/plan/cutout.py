@@ -1,0 +1,206 @@
+"""Planning a bbox cutout of a precomputed layer: which bytes to read, as plain data. Pure.
+
+Owns: the cutout request, the plan records (per scale: chunks, absent chunks, reads with the
+chunk slices they carry, per-shard whole-or-ranges choices), and the rules that turn located
+chunks into reads (one GET per unsharded chunk; coalesced byte ranges out of a shard, or the
+whole shard when the cost model says so). Discovery supplies the located chunks; no I/O here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from microns_get.precomputed.info import Scale
+from microns_get.precomputed.sharding import ChunkRange, choose_whole_shard, coalesce
+
+MAX_GAP = 32 * 1024  # merge chunk ranges closer than this: a few KiB extra beats a request
+
+
+@dataclass(frozen=True)
+class CutoutRequest:
+    dataset: str
+    bbox: str  # "X0,Y0,Z0,X1,Y1,Z1", end-exclusive
+    bbox_resolution: tuple[float, float, float] = (4, 4, 40)
+    volume: str | None = None
+    version: str | None = None
+    mip: str | None = None  # an index or "all"
+    resolution: tuple[float, float, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChunkSlice:
+    """A chunk inside a read: its local name and where its bytes sit in the read."""
+
+    name: str  # "<scale key>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>"
+    offset: int = 0
+    length: int | None = None  # None: the whole body
+
+
+@dataclass(frozen=True)
+class Read:
+    """One GET: a whole object (`start` None) or a byte range of a shard file."""
+
+    key: str  # relative to the layer root
+    start: int | None
+    end: int | None
+    chunks: tuple[ChunkSlice, ...]
+    gzip: bool  # the chunk bytes carry the shard's gzip data_encoding
+
+    @property
+    def size(self) -> int | None:
+        return None if self.start is None or self.end is None else self.end - self.start
+
+
+@dataclass(frozen=True)
+class ShardChoice:
+    key: str
+    chunks: int
+    needed_bytes: int
+    ranged_requests: int
+    shard_size: int
+    whole: bool
+
+
+@dataclass
+class ScalePlan:
+    index: int
+    key: str
+    resolution: tuple[float, float, float]
+    box: dict[str, Any]
+    clipped: bool
+    sharded: bool
+    chunks: int = 0
+    absent: list[str] = field(default_factory=list)
+    reads: list[Read] = field(default_factory=list)
+    shards: list[ShardChoice] = field(default_factory=list)
+    index_requests: int = 0
+    index_bytes: int = 0
+    identity: dict[str, str] = field(default_factory=dict)  # read key -> remote ETag/generation
+
+    @property
+    def data_bytes(self) -> int | None:
+        sizes = [r.size for r in self.reads]
+        return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+
+
+@dataclass
+class CutoutPlan:
+    request: Mapping[str, Any]
+    layer_url: str
+    local_layer: str  # relative to DEST
+    info: Mapping[str, Any]  # the remote info as read
+    scales: list[ScalePlan]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        body = {
+            "request": dict(self.request),
+            "layer_url": self.layer_url,
+            "local_layer": self.local_layer,
+            "scales": [_scale_json(s) for s in self.scales],
+            "warnings": list(self.warnings),
+        }
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode())
+        return {"plan_id": digest.hexdigest()[:16], **body, "totals": self.totals()}
+
+    def totals(self) -> dict[str, Any]:
+        reads = [r for s in self.scales for r in s.reads]
+        known = [r.size for r in reads if r.size is not None]
+        return {
+            "chunks": sum(s.chunks for s in self.scales),
+            "absent_chunks": sum(len(s.absent) for s in self.scales),
+            "requests": len(reads),
+            "ranged_bytes": sum(known),
+            "whole_object_requests": len(reads) - len(known),
+            "index_requests": sum(s.index_requests for s in self.scales),
+            "index_bytes": sum(s.index_bytes for s in self.scales),
+            "whole_shards": sum(1 for s in self.scales for c in s.shards if c.whole),
+        }
+
+
+def _scale_json(scale: ScalePlan) -> dict[str, Any]:
+    out = asdict(scale)
+    out["data_bytes"] = scale.data_bytes
+    return out
+
+
+def unsharded_reads(names: Sequence[str]) -> list[Read]:
+    """One GET per chunk; a 404 later means an all-background chunk that was never written."""
+    return [Read(name, None, None, (ChunkSlice(name),), gzip=False) for name in names]
+
+
+def sharded_reads(
+    shard_key: str,
+    located: Mapping[str, ChunkRange],
+    shard_size: int,
+    data_gzip: bool,
+    request_cost: int,
+    max_gap: int = MAX_GAP,
+) -> tuple[list[Read], ShardChoice]:
+    """Reads for the located chunks of one shard: coalesced ranges, or the whole shard."""
+    named = sorted(
+        (_Named(name, r.start, r.end) for name, r in located.items()),
+        key=lambda n: (n.start, n.name),
+    )
+    merged = coalesce(named, max_gap)
+    needed = sum(m.end - m.start for m in merged)
+    whole = choose_whole_shard(needed, len(merged), shard_size, request_cost)
+    choice = ShardChoice(shard_key, len(named), needed, len(merged), shard_size, whole)
+    if whole:
+        slices = tuple(ChunkSlice(n.name, n.start, n.end - n.start) for n in named)
+        return [Read(shard_key, None, None, slices, data_gzip)], choice
+    reads = [
+        Read(
+            shard_key,
+            m.start,
+            m.end,
+            tuple(ChunkSlice(n.name, n.start - m.start, n.end - n.start) for n in m.members),
+            data_gzip,
+        )
+        for m in merged
+    ]
+    return reads, choice
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+    start: int
+    end: int
+
+
+def local_info(
+    remote: Mapping[str, Any], fetched: Sequence[Scale], existing: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The local layer's info: the remote one (or what is already there), with every fetched
+    scale written unsharded, so it loses its sharding spec."""
+    info = copy.deepcopy(dict(existing or remote))
+    keys = {s.key for s in fetched}
+    for scale in info.get("scales", []):
+        if scale.get("key") in keys:
+            scale.pop("sharding", None)
+    return info
+
+
+def incompatible_reason(remote: Mapping[str, Any], existing: Mapping[str, Any]) -> str | None:
+    """Why a local layer cannot take chunks from this remote layer (None: it can)."""
+    geometry = ("key", "size", "voxel_offset", "resolution", "chunk_sizes", "encoding")
+    theirs = {s["key"]: s for s in remote.get("scales", [])}
+    for ours in existing.get("scales", []):
+        other = theirs.get(ours.get("key"))
+        if other is None:
+            return f"the local layer has scale {ours.get('key')!r} that the remote lacks"
+        for name in geometry:
+            if ours.get(name) != other.get(name):
+                return f"scale {ours['key']}: local {name} differs from the remote's"
+    if existing.get("data_type") != remote.get("data_type"):
+        return "the local layer has another data_type"
+    return None
