@@ -1,0 +1,122 @@
+"""Mirror choice and failover, GCS fidelity, and the plan / mirrors commands, against the
+session's S3 (moto) and GCS (fake-gcs-server) servers, with fault proxies in front."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fetch_helpers import local_files
+
+from microns_get.cli.app import run
+from microns_get.testing.faultproxy import FaultProxy, FaultRule
+
+EM = "iarpa_microns/minnie/minnie65/em/"
+
+
+def seed_tree(mini_microns, bucket: str, prefix: str, local_prefix: str) -> dict[str, bytes]:
+    return {
+        local_prefix + key[len(prefix) :]: mini_microns.read(bucket, key)
+        for key in mini_microns.keys(bucket, prefix)
+    }
+
+
+def last_event(capsys) -> dict:
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    return lines[-1]
+
+
+@pytest.fixture
+def proxies(mirrors, mirror_env, monkeypatch) -> Iterator[tuple[FaultProxy, FaultProxy]]:
+    with FaultProxy(mirrors.s3_endpoint) as s3, FaultProxy(mirrors.gcs_endpoint) as gcs:
+        monkeypatch.setenv("MICRONS_GET_S3_ENDPOINT", s3.url)
+        monkeypatch.setenv("MICRONS_GET_GCS_ENDPOINT", gcs.url)
+        yield s3, gcs
+
+
+def test_slow_mirror_loses_the_probe(proxies, mini_microns, tmp_path, capsys) -> None:
+    s3, gcs = proxies
+    gcs.add_rule(FaultRule("delay", seconds=0.3))  # fake-gcs is normally the faster server
+    assert run(["fetch", "em", "--dest", str(tmp_path), "--json"]) == 0
+    done = last_event(capsys)
+    assert done["mirrors_used"] == {"s3": done["objects_done"]}
+    expected = seed_tree(mini_microns, "bossdb-open-data", EM, EM)
+    assert local_files(tmp_path) == expected
+
+
+def test_mirrors_command_ranks_by_measurement(proxies, capsys) -> None:
+    s3, gcs = proxies
+    gcs.add_rule(FaultRule("delay", seconds=0.3))
+    assert run(["mirrors", "em", "--json"]) == 0
+    probes = json.loads(capsys.readouterr().out)
+    assert [p["provider"] for p in probes] == ["s3", "gcs"]
+    assert probes[1]["latency_s"] >= 0.3
+    s3.clear_rules()
+    gcs.clear_rules()
+    s3.add_rule(FaultRule("delay", seconds=0.3))
+    assert run(["mirrors", "em", "--json"]) == 0
+    assert [p["provider"] for p in json.loads(capsys.readouterr().out)] == ["gcs", "s3"]
+
+
+def test_mirror_dying_mid_run_fails_over(
+    proxies, mini_microns, tmp_path, capsys, monkeypatch
+) -> None:
+    s3, gcs = proxies
+    monkeypatch.setenv("MICRONS_GET_RETRIES", "2")
+    gcs.add_rule(FaultRule("delay", seconds=0.5, times=2))  # S3 wins the probe ...
+    s3.add_rule(FaultRule("dead", path_contains="8_8_40/"))  # ... then serves no 8_8_40 shard
+    assert run(["fetch", "em", "--dest", str(tmp_path), "--json"]) == 0
+    done = last_event(capsys)
+    assert done["objects_failed"] == 0
+    shards = [k for k in mini_microns.keys("bossdb-open-data", EM + "8_8_40/")]
+    assert done["mirrors_used"].get("gcs", 0) >= len(shards)
+    assert local_files(tmp_path) == seed_tree(mini_microns, "bossdb-open-data", EM, EM)
+
+
+def test_every_mirror_dead_fails_cleanly(proxies, tmp_path, capsys, monkeypatch) -> None:
+    s3, gcs = proxies
+    monkeypatch.setenv("MICRONS_GET_RETRIES", "1")
+    for proxy in proxies:
+        proxy.add_rule(FaultRule("dead"))
+    code = run(["fetch", "em", "--dest", str(tmp_path / "d")])
+    assert code == 5
+    assert not (tmp_path / "d").exists()
+
+
+def test_gcs_objects_land_as_stored_and_verify_by_crc32c(
+    mirror_env, mini_microns, tmp_path, capsys
+) -> None:
+    prefix = "minnie/minnie65/nuclei/"
+    assert run(["fetch", "nuclei", "--mirror", "gcs", "--dest", str(tmp_path), "--json"]) == 0
+    done = last_event(capsys)
+    assert set(done["verified_by"]) == {"md5+crc32c"}
+    local = "iarpa_microns/minnie/minnie65/nuclei/"
+    expected = seed_tree(mini_microns, "iarpa_microns", prefix, local)
+    got = local_files(tmp_path)
+    assert got == expected
+    gzipped = [k for k in expected if expected[k][:2] == b"\x1f\x8b"]
+    assert gzipped, "the nuclei chunks are stored gzip-encoded"
+
+
+def test_plan_json_lists_objects_and_moves_nothing(
+    mirror_env, mini_microns, tmp_path, capsys
+) -> None:
+    dest = tmp_path / "d"
+    assert run(["plan", "skeletons", "--version", "661", "--json", "--dest", str(dest)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    keys = mini_microns.keys("bossdb-open-data", "iarpa_microns/minnie/minnie65/skeletons/v661/")
+    assert sorted(i["path"] for i in plan["items"]) == sorted(keys)
+    assert plan["summary"]["objects"] == len(keys)
+    assert plan["plan_id"] == plan["summary"]["plan_id"]
+    assert not dest.exists()
+
+
+def test_dry_run_reports_egress(mirror_env, tmp_path, capsys) -> None:
+    assert (
+        run(["fetch", "em", "--dry-run", "--json", "--mirror", "s3", "--dest", str(tmp_path / "d")])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["egress"]) == {"s3"}
+    assert summary["egress"]["s3"]["bytes"] == summary["bytes"] > 0
