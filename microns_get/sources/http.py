@@ -172,6 +172,11 @@ async def _short_text(resp: aiohttp.ClientResponse) -> str:
         return ""
 
 
+def if_match(pin: ObjectInfo | None) -> dict[str, str] | None:
+    """Pin a read to the planned version: the server answers 412 if the ETag changed."""
+    return {"If-Match": f'"{pin.etag}"'} if pin is not None and pin.etag else None
+
+
 def rewrite_url(url: str, rewrites: Mapping[str, str]) -> str:
     for src, dst in rewrites.items():
         if url == src or url.startswith(src + "/"):
@@ -223,8 +228,7 @@ class HttpsSource(Source):
     def stream(
         self, key: str, start: int = 0, end: int | None = None, pin: ObjectInfo | None = None
     ) -> AsyncIterator[bytes]:
-        headers = {"If-Match": f'"{pin.etag}"'} if pin is not None and pin.etag else None
-        return self.http.stream(self.url_for(key), start, end, headers)
+        return self.http.stream(self.url_for(key), start, end, if_match(pin))
 
     async def list(self, prefix: str, delimiter: str | None = None):
         info = await self.stat(prefix)

@@ -20,6 +20,7 @@ from microns_get.sources.base import ObjectInfo, Source
 from microns_get.sources.http import (
     IDENTITY,
     HttpTransport,
+    if_match,
     info_from_headers,
     network_error,
     status_error,
@@ -105,8 +106,7 @@ class S3Source(Source):
         self, key: str, start: int = 0, end: int | None = None, pin: ObjectInfo | None = None
     ) -> AsyncIterator[bytes]:
         # If-Match pins the bytes to the version we planned with: never splice two versions.
-        headers = {"If-Match": f'"{pin.etag}"'} if pin is not None and pin.etag else None
-        return self.http.stream(self.url_for(key), start, end, headers)
+        return self.http.stream(self.url_for(key), start, end, if_match(pin))
 
     async def list(self, prefix: str, delimiter: str | None = None):
         token: str | None = None

@@ -55,6 +55,18 @@ def expected_info(copy: RemoteCopy, key: str) -> ObjectInfo:
     )
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One item being written: where its bytes come from and where they go."""
+
+    source: Source
+    key: str
+    copy: RemoteCopy
+    fd: int
+    final: Path
+    path: str  # the item id: its path relative to DEST
+
+
 class ObjectChanged(MicronsGetError):
     """The remote object changed under us: restart the item from its new version."""
 
@@ -197,9 +209,10 @@ class Engine:
         done = self._begin(item, copy, ranges, final)
         self.emit(ev.ItemStarted(item.path, size, copy.provider, len(done), len(ranges)))
         fd = files.open_temp(final, size)
+        target = _Target(source, key, copy, fd, final, item.path)
         try:
-            whole = await self._fetch_parts(source, key, copy, fd, final, item.path, ranges, done)
-            method, detail = await self._verify(final, copy, key, ranges, part_size, whole)
+            whole = await self._fetch_parts(target, ranges, done)
+            method, detail = await self._verify(target, ranges, part_size, whole)
             await asyncio.to_thread(files.sync, fd, final)
         finally:
             os.close(fd)
@@ -240,47 +253,30 @@ class Engine:
 
     # -- parts -----------------------------------------------------------------------------
     async def _fetch_parts(
-        self,
-        source: Source,
-        key: str,
-        copy: RemoteCopy,
-        fd: int,
-        final: Path,
-        path: str,
-        ranges: Sequence[tuple[int, int]],
-        done: set[int],
+        self, target: _Target, ranges: Sequence[tuple[int, int]], done: set[int]
     ) -> StreamHasher | None:
         """Fetch every unfinished part; for a one-part object, return its streamed hashes."""
         pending = [i for i in range(len(ranges)) if i not in done]
-        results = await _all_or_cancel(
-            [self._fetch_part(source, key, copy, fd, final, path, i, ranges[i]) for i in pending]
-        )
+        results = await _all_or_cancel([self._fetch_part(target, i, ranges[i]) for i in pending])
         return results[0] if len(ranges) == 1 and pending else None
 
     async def _fetch_part(
-        self,
-        source: Source,
-        key: str,
-        copy: RemoteCopy,
-        fd: int,
-        final: Path,
-        path: str,
-        index: int,
-        byte_range: tuple[int, int],
+        self, target: _Target, index: int, byte_range: tuple[int, int]
     ) -> StreamHasher:
         start, end = byte_range
-        pin = expected_info(copy, key)
+        copy = target.copy
+        pin = expected_info(copy, target.key)
 
         async def attempt() -> StreamHasher:
             hasher = StreamHasher()
             position = start
             async with self.requests:
-                async for chunk in source.stream(key, start, end, pin=pin):
-                    files.write_at(fd, chunk, position, final)
+                async for chunk in target.source.stream(target.key, start, end, pin=pin):
+                    files.write_at(target.fd, chunk, position, target.final)
                     position += len(chunk)
                     hasher.update(chunk)
                     self.tally.bytes_moved += len(chunk)
-                    self.emit(ev.BytesMoved(path, len(chunk)))
+                    self.emit(ev.BytesMoved(target.path, len(chunk)))
             if position != end:
                 raise RemoteError(f"short body for {copy.url}", retryable=True)
             return hasher
@@ -292,8 +288,8 @@ class Engine:
                 raise ObjectChanged(f"{copy.url} changed since it was planned") from exc
             raise
         if end - start > 0:
-            await asyncio.to_thread(files.sync, fd, final)
-        self.store.part_done(path, index, bytes.fromhex(hasher.md5_hex()))
+            await asyncio.to_thread(files.sync, target.fd, target.final)
+        self.store.part_done(target.path, index, hasher.md5_digest())
         return hasher
 
     async def _request(self, copy: RemoteCopy, call: Callable[[], Awaitable[T]]) -> T:
@@ -303,26 +299,29 @@ class Engine:
     # -- verification ----------------------------------------------------------------------
     async def _verify(
         self,
-        final: Path,
-        copy: RemoteCopy,
-        key: str,
+        target: _Target,
         ranges: Sequence[tuple[int, int]],
         part_size: int,
         whole: StreamHasher | None,
     ) -> tuple[str, str]:
+        copy, final = target.copy, target.final
         temp = files.temp_path_for(final)
         if not self.verify:
             if temp.stat().st_size != copy.size:
                 raise VerificationFailed(f"{final}: size differs from the remote's")
             return "size-only (--no-verify)", ""
         known_md5 = whole.md5_base64() if whole is not None else None
-        part_digests: dict[int, list[bytes]] | None = None
+        known_crc = whole.crc32c_base64() if whole is not None else None
+        part_digests: dict[int, list[bytes | None]] | None = None
         if len(ranges) > 1:
-            digests = self.store.part_digests(str(final.relative_to(self.dest)))
-            if all(d is not None for d in digests):
-                part_digests = {part_size: list(digests)}
+            part_digests = {part_size: self.store.part_digests(target.path)}
         result = await asyncio.to_thread(
-            verify_object, temp, expected_info(copy, key), known_md5, part_digests
+            verify_object,
+            temp,
+            expected_info(copy, target.key),
+            known_md5,
+            part_digests,
+            known_crc,
         )
         if not result.ok:
             files.discard_temp(final)  # the next attempt sees no temp file and starts over
