@@ -16,6 +16,7 @@ from rich.table import Table
 from microns_get.catalog import load_catalog
 from microns_get.cli import render
 from microns_get.cli.progress import renderer_for, summary_lines
+from microns_get.cli.segment_cmds import parse_ids, run_segments
 from microns_get.config import Settings
 from microns_get.cutout import run_cutout
 from microns_get.errors import BadInput, ExitCode
@@ -44,6 +45,13 @@ BboxRes = Annotated[
 BboxUnits = Annotated[str | None, typer.Option(help="'nm' to give --bbox in nanometres.")]
 MipOpt = Annotated[str | None, typer.Option("--mip", help="Scale index, or 'all'.")]
 ResOpt = Annotated[str | None, typer.Option("--resolution", help="Scale by resolution X,Y,Z.")]
+SegmentsOpt = Annotated[
+    list[str] | None, typer.Option("--segments", help="Segment (root) ids, comma-separated.")
+]
+MeshesOpt = Annotated[bool, typer.Option("--meshes", help="With --segments: their meshes.")]
+NucleiOpt = Annotated[
+    list[str] | None, typer.Option("--nuclei", help="Skeletons v661: find files by nucleus id.")
+]
 
 
 def _cutout_request(
@@ -183,10 +191,26 @@ def fetch(
     bbox_units: BboxUnits = None,
     mip: MipOpt = None,
     resolution: ResOpt = None,
+    segments: SegmentsOpt = None,
+    meshes: MeshesOpt = False,
+    nuclei: NucleiOpt = None,
 ) -> None:
-    """Fetch whole objects (a file, an object set, a whole layer byte for byte), or with --bbox
-    exactly the chunks of a precomputed layer that a box needs."""
+    """Fetch whole objects (a file, an object set, a whole layer byte for byte); with --bbox
+    exactly the chunks of a precomputed layer that a box needs; with --segments the meshes or
+    skeletons of chosen segments."""
     settings = _settings(ctx, dest=dest, jobs=jobs, part_size=part_size, mirror=mirror)
+    if segments is not None or nuclei is not None:
+        request = {
+            "dataset": dataset,
+            "volume": volume,
+            "version": version,
+            "parts": list(part or ()),
+            "ids": parse_ids(segments, "--segments"),
+            "nuclei": parse_ids(nuclei, "--nuclei"),
+            "meshes": meshes,
+        }
+        run_segments(settings, request, as_json)
+        return
     if bbox is not None:
         cutout = _cutout_request(
             dataset, volume, version, bbox, bbox_resolution, bbox_units, mip, resolution
