@@ -162,6 +162,11 @@ app.command("fetch")(fetch_cmds.fetch)
 app.command("plan")(fetch_cmds.plan)
 app.command("mirrors")(fetch_cmds.mirrors)
 
+from microns_get.cli import local_cmds  # noqa: E402
+
+app.command("verify")(local_cmds.verify)
+app.command("preview")(local_cmds.preview)
+
 
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"microns-get: error: {message}\n")
