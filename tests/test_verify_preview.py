@@ -111,8 +111,32 @@ def test_truncated_and_bit_flipped_chunks_fail_to_decode(copy_of) -> None:
     flipped.write_bytes(bytes(data))
     report = verify_path(dest)
     found = kinds(report)
-    assert found == {"decode": {f"{EM}/8_8_40/{short.name}", f"{SEG}/8_8_40/{flipped.name}"}}
+    damaged = {f"{EM}/8_8_40/{short.name}", f"{SEG}/8_8_40/{flipped.name}"}
+    assert found == {"decode": damaged, "checksum": damaged}
     assert "expected 16384 bytes, got 1000" in str(report.findings)
+
+
+def test_bit_flip_in_a_raw_chunk_is_caught_by_its_recorded_md5(copy_of) -> None:
+    dest = copy_of("cutout")
+    chunk = dest / EM / "8_8_40/13920-13952_13856-13888_14832-14848"
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 0x01  # still a valid raw chunk: only the checksum can tell
+    chunk.write_bytes(bytes(data))
+    assert kinds(verify_path(dest)) == {"checksum": {f"{EM}/8_8_40/{chunk.name}"}}
+    assert verify_path(dest, checksums=False).ok
+
+
+def test_verify_reads_a_read_only_dest(fetched, tmp_path) -> None:
+    dest = Path(shutil.copytree(fetched["cutout"], tmp_path / "ro"))
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        before = sorted(p.name for p in (dest / ".microns-get").iterdir())
+        assert verify_path(dest).ok
+        assert sorted(p.name for p in (dest / ".microns-get").iterdir()) == before
+    finally:
+        for path in [dest, *dest.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def test_off_grid_and_unplanned_chunks(copy_of) -> None:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from microns_get.errors import BadInput
 
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS items (
     item_id TEXT PRIMARY KEY, plan_id TEXT, local_path TEXT NOT NULL, remote_url TEXT NOT NULL,
     size INTEGER NOT NULL, identity TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'pending',
     verified_by TEXT, mirror TEXT, bytes_done INTEGER NOT NULL DEFAULT 0, error TEXT,
-    updated REAL NOT NULL);
+    updated REAL NOT NULL, checksum TEXT);
 CREATE INDEX IF NOT EXISTS items_by_plan_state ON items (plan_id, state);
 CREATE INDEX IF NOT EXISTS items_by_state ON items (state);
 CREATE TABLE IF NOT EXISTS parts (
@@ -52,7 +53,7 @@ CREATE TABLE IF NOT EXISTS parts (
 
 _ITEM_COLUMNS = (
     "item_id, plan_id, local_path, remote_url, size, identity, state, verified_by, mirror, "
-    "bytes_done, error, updated"
+    "bytes_done, error, updated, checksum"
 )
 
 
@@ -72,6 +73,7 @@ class ItemRecord:
     bytes_done: int
     error: str | None
     updated: float
+    checksum: str | None = None  # e.g. "md5:<hex>" of the bytes written (cutout chunks)
 
 
 class PlannedItem(NamedTuple):
@@ -87,9 +89,14 @@ class PlannedItem(NamedTuple):
 class CheckpointStore:
     """The SQLite resume state. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = 60.0) -> None:
+    def __init__(
+        self, path: str | Path, busy_timeout: float = 60.0, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         try:
+            if readonly:
+                self._db = _connect_readonly(self.path, busy_timeout)
+                return
             self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
             self._init(busy_timeout)
         except sqlite3.DatabaseError as exc:
@@ -112,6 +119,9 @@ class CheckpointStore:
         with self._write() as db:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+            if "checksum" not in columns:  # a state file from before checksums were recorded
+                db.execute("ALTER TABLE items ADD COLUMN checksum TEXT")
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             if row[0] is None:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -281,9 +291,15 @@ class CheckpointStore:
         )
         return [bytes(md5) if md5 is not None and done else None for md5, done in rows]
 
-    def item_done(self, item_id: str, verified_by: str, mirror: str | None) -> None:
-        """The file is verified and in place; its part records describe nothing on disk now."""
+    def item_done(
+        self, item_id: str, verified_by: str, mirror: str | None, checksum: str | None = None
+    ) -> None:
+        """The file is verified and in place; its part records describe nothing on disk now.
+        `checksum` ("md5:<hex>") lets `verify` re-check files that have no remote checksum."""
         self._finish(item_id, "done", verified_by=verified_by, mirror=mirror)
+        if checksum is not None:
+            with self._write() as db:
+                db.execute("UPDATE items SET checksum = ? WHERE item_id = ?", (checksum, item_id))
 
     def item_failed(self, item_id: str, error: str) -> None:
         """Give up on the item for this run; finished parts stay so a later run can resume."""
@@ -362,6 +378,22 @@ class CheckpointStore:
             "bytes_done": sum(s["bytes_done"] for s in states.values()),
             "states": states,
         }
+
+
+def _connect_readonly(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Read a state file without writing anything (a read-only DEST, `verify`)."""
+    if not path.is_file():
+        raise sqlite3.DatabaseError("no such file")
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+    try:
+        db.execute("SELECT count(*) FROM items").fetchone()
+    except sqlite3.OperationalError:
+        # WAL files need a writable -shm; an unchanging copy can still be read as immutable.
+        db.close()
+        db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        db.execute("SELECT count(*) FROM items").fetchone()
+    return db
 
 
 def _dumps(value: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import time
 import zlib
@@ -159,7 +160,8 @@ class CutoutRunner:
                 identity=identity,
                 parts=[(0, len(payload))],
             )
-            self.store.item_done(item, "decoded", layer.mirror.provider)
+            checksum = "md5:" + hashlib.md5(payload).hexdigest()
+            self.store.item_done(item, "decoded", layer.mirror.provider, checksum)
             self.done += 1
             self.emit(ev.ItemDone(item, len(payload), layer.mirror.provider, "decoded"))
 

@@ -12,6 +12,7 @@ layer can hold millions of chunk files.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -99,7 +100,7 @@ def verify_path(path: Path | str, checksums: bool = True) -> Report:
     else:
         raise BadInput(f"{path}: neither a precomputed layer (no info) nor a DEST ({STATE_FILE})")
     dest = next((d for d in [path, *path.parents] if (d / STATE_FILE).is_file()), None)
-    store = CheckpointStore(dest / STATE_FILE) if dest else None
+    store = CheckpointStore(dest / STATE_FILE, readonly=True) if dest else None
     try:
         checker = Checker(Report(path, what), dest, store, checksums)
         getattr(checker, f"check_{what}")(path)
@@ -319,8 +320,15 @@ class Checker:
             self.report.add(path, "grid", problem)
             return
         shape = tuple(b - a for a, b in zip(lo, hi))
-        self.decode(path, path.read_bytes(), shape, scale, info)
+        data = path.read_bytes()
+        self.decode(path, data, shape, scale, info)
         self.report.checked["chunks decoded"] += 1
+        record = self.store.item(self.rel(path)) if self.store else None
+        if self.checksums and record is not None and record.checksum:
+            if record.checksum != "md5:" + hashlib.md5(data).hexdigest():
+                self.report.add(path, "checksum", "differs from the MD5 recorded when written")
+            else:
+                self.report.checked["chunk checksums"] += 1
 
     def decode(
         self, path: Path, data: bytes, shape: Any, scale: Scale, info: VolumeInfo, what: str = ""
