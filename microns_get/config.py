@@ -147,6 +147,18 @@ SETTINGS: tuple[SettingSpec, ...] = (
         256 << 10,
         "Cutouts: bytes one request is worth; a whole shard is read when cheaper than ranges.",
     ),
+    SettingSpec(
+        "delete_max_fraction",
+        parse_positive_float,
+        0.1,
+        "mirror/sync --delete: the largest share of a tree one run may delete without --force.",
+    ),
+    SettingSpec(
+        "bwlimit",
+        lambda v: None if v in (None, "") else str(v).strip(),
+        None,
+        'Bandwidth cap: 50M, off, or a schedule "08:00,10M 20:00,off".',
+    ),
     SettingSpec("timeout", parse_positive_float, 60.0, "Seconds before a stalled request fails."),
     SettingSpec("retries", parse_positive_int, 8, "Attempts per request before giving up."),
 )

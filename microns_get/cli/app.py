@@ -156,11 +156,15 @@ def show_config(
         render.console.print(render.settings_table(settings))
 
 
-from microns_get.cli import fetch_cmds  # noqa: E402 - registers after `app` exists
+from microns_get.cli import fetch_cmds, mirror_cmds  # noqa: E402 - registers after `app` exists
 
 app.command("fetch")(fetch_cmds.fetch)
-app.command("plan")(fetch_cmds.plan)
+app.command("plan")(mirror_cmds.plan)  # fetch_cmds.plan plus --queue
 app.command("mirrors")(fetch_cmds.mirrors)
+app.command("mirror")(mirror_cmds.mirror)
+app.command("sync")(mirror_cmds.sync)
+app.command("worker")(mirror_cmds.worker)
+app.add_typer(mirror_cmds.queue_app, name="queue")
 
 from microns_get.cli import local_cmds  # noqa: E402
 

@@ -96,6 +96,7 @@ class Engine:
         emit: ev.Emit = ev.ignore,
         verify: bool = True,
         health: MirrorHealth | None = None,
+        throttle: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.dest = dest
         self.store = store
@@ -104,6 +105,7 @@ class Engine:
         self.emit = emit
         self.verify = verify
         self.health = health or MirrorHealth()
+        self.throttle = throttle  # awaited per chunk received: a bandwidth cap shared by all parts
         self.requester = Requester(settings, self.health, emit)
         self.requests = asyncio.Semaphore(settings.jobs)
         self.tally = Tally()
@@ -272,6 +274,8 @@ class Engine:
             position = start
             async with self.requests:
                 async for chunk in target.source.stream(target.key, start, end, pin=pin):
+                    if self.throttle is not None:
+                        await self.throttle(len(chunk))
                     files.write_at(target.fd, chunk, position, target.final)
                     position += len(chunk)
                     hasher.update(chunk)

@@ -1,0 +1,1 @@
+"""Incremental mirroring for cron: jobs files, destination locks, sync rules, reports, bandwidth."""
