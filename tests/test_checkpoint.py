@@ -298,3 +298,31 @@ def test_recorded_parts_survive_sigkill(tmp_path: Path) -> None:
         ) >= set(seen)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_items_finished_records_many_in_one_go(tmp_path) -> None:
+    from microns_get.checkpoint import FinishedItem
+
+    with CheckpointStore.open(tmp_path / "s.sqlite") as store:
+        store.begin_item(
+            "a",
+            plan_id="p",
+            local_path="a",
+            remote_url="u",
+            size=9,
+            identity="old",
+            parts=[(0, 4), (4, 9)],
+        )
+        store.part_done("a", 0, b"x" * 16)
+        store.items_finished(
+            [
+                FinishedItem("a", None, "a", "u", 9, "new", "done", "decoded", "gcs", "md5:ab"),
+                FinishedItem("b", None, "b", "", 0, "absent", "absent"),
+            ]
+        )
+        a, b = store.item("a"), store.item("b")
+        assert (a.state, a.identity, a.checksum, a.bytes_done) == ("done", "new", "md5:ab", 9)
+        assert b.state == "absent" and store.is_done("b", "absent")
+        assert store.part_digests("a") == []
+        with pytest.raises(ValueError):
+            store.items_finished([FinishedItem("c", None, "c", "", 0, "x", "pending")])

@@ -364,3 +364,19 @@ def test_corrupted_shard_index_is_a_clear_error(gcs_proxy, tmp_path, capsys) -> 
     assert code == 4
     assert "index" in err and len([x for x in err.splitlines() if "error" in x]) == 1
     assert not dest.exists()
+
+
+def test_long_merged_ranges_are_split_at_chunk_boundaries() -> None:
+    from microns_get.plan.cutout import sharded_reads
+    from microns_get.precomputed.sharding import ChunkRange
+
+    # 40 touching 1 MiB chunks: one merged range, cut into reads of at most 8 MiB
+    mib = 1 << 20
+    located = {
+        f"8_8_40/c{i:02d}": ChunkRange(i, 4096 + i * mib, 4096 + (i + 1) * mib) for i in range(40)
+    }
+    reads, choice = sharded_reads("8_8_40/0.shard", located, 64 * mib, True, 0)
+    assert not choice.whole and choice.ranged_requests == len(reads) == 5
+    assert all(r.end - r.start <= 8 * mib for r in reads)
+    assert [c.name for r in reads for c in r.chunks] == sorted(located)
+    assert reads[0].start == 4096 and reads[-1].end == 4096 + 40 * mib

@@ -4,10 +4,19 @@ from microns_get.checkpoint.store import (
     FINISHED,
     STATES,
     CheckpointStore,
+    FinishedItem,
     ItemRecord,
     PlannedItem,
 )
 
 STATE_FILE = ".microns-get/state.sqlite"  # relative to the destination directory
 
-__all__ = ["FINISHED", "STATES", "STATE_FILE", "CheckpointStore", "ItemRecord", "PlannedItem"]
+__all__ = [
+    "FINISHED",
+    "STATES",
+    "STATE_FILE",
+    "CheckpointStore",
+    "FinishedItem",
+    "ItemRecord",
+    "PlannedItem",
+]

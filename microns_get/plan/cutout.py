@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from microns_get.precomputed.info import Scale
-from microns_get.precomputed.sharding import ChunkRange, choose_whole_shard, coalesce
+from microns_get.precomputed.sharding import ChunkRange, Merged, choose_whole_shard, coalesce
 
 MAX_GAP = 32 * 1024  # merge chunk ranges closer than this: a few KiB extra beats a request
+MAX_READ = 8 << 20  # split longer merged ranges: several connections, and chunks are written
+# while later ranges still arrive
 
 
 @dataclass(frozen=True)
@@ -144,13 +146,14 @@ def sharded_reads(
     data_gzip: bool,
     request_cost: int,
     max_gap: int = MAX_GAP,
+    max_read: int = MAX_READ,
 ) -> tuple[list[Read], ShardChoice]:
     """Reads for the located chunks of one shard: coalesced ranges, or the whole shard."""
     named = sorted(
         (_Named(name, r.start, r.end) for name, r in located.items()),
         key=lambda n: (n.start, n.name),
     )
-    merged = coalesce(named, max_gap)
+    merged = [piece for m in coalesce(named, max_gap) for piece in _split(m.members, max_read)]
     needed = sum(m.end - m.start for m in merged)
     whole = choose_whole_shard(needed, len(merged), shard_size, request_cost)
     choice = ShardChoice(shard_key, len(named), needed, len(merged), shard_size, whole)
@@ -168,6 +171,18 @@ def sharded_reads(
         for m in merged
     ]
     return reads, choice
+
+
+def _split(members: Sequence[_Named], max_read: int) -> list[Merged[_Named]]:
+    """Cut one merged range at chunk boundaries into pieces of at most `max_read` bytes (a
+    single larger chunk stays whole)."""
+    pieces: list[list[_Named]] = [[]]
+    for member in members:
+        current = pieces[-1]
+        if current and member.end - current[0].start > max_read:
+            pieces.append([])
+        pieces[-1].append(member)
+    return [Merged(p[0].start, max(m.end for m in p), tuple(p)) for p in pieces]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from microns_get.checkpoint import CheckpointStore
+from microns_get.checkpoint import CheckpointStore, FinishedItem
 from microns_get.errors import BadInput, MicronsGetError, RemoteError
 from microns_get.plan.cutout import CutoutPlan, Read, ScalePlan, incompatible_reason, local_info
 from microns_get.plan.cutout_discover import Layer
@@ -65,9 +65,7 @@ class CutoutRunner:
         totals = plan.totals()
         self.emit(ev.RunStarted(plan_json["plan_id"], totals["chunks"], 0, plan.layer_url, 0))
         scales = {s.key: s for s in layer.info.scales}
-        for scale_plan in plan.scales:
-            for name in scale_plan.absent:
-                self._record_absent(plan, name)
+        self._record_absent(plan, [name for s in plan.scales for name in s.absent])
         await asyncio.gather(
             *(
                 self._run_read(plan, layer, scales[s.key], s, read)
@@ -109,20 +107,15 @@ class CutoutRunner:
     def _item(self, plan: CutoutPlan, name: str) -> str:
         return f"{plan.local_layer}/{name}"
 
-    def _record_absent(self, plan: CutoutPlan, name: str) -> None:
-        item = self._item(plan, name)
-        if not self.store.is_done(item, "absent"):
-            self.store.begin_item(
-                item,
-                plan_id="",
-                local_path=item,
-                remote_url="",
-                size=0,
-                identity="absent",
-                parts=[(0, 0)],
-            )
-            self.store.item_absent(item)
-        self.absent += 1
+    def _record_absent(self, plan: CutoutPlan, names: list[str]) -> None:
+        """Chunks the remote never wrote (all background): recorded, not fetched, not errors."""
+        items = [self._item(plan, name) for name in names]
+        self.store.items_finished(
+            FinishedItem(item, None, item, "", 0, "absent", "absent")
+            for item in items
+            if not self.store.is_done(item, "absent")
+        )
+        self.absent += len(items)
 
     def _is_done(self, item: str, identity: str) -> bool:
         return self.store.is_done(item, identity) and (self.dest / item).exists()
@@ -145,25 +138,28 @@ class CutoutRunner:
             self.emit(ev.ItemFailed(read.key, str(exc)))
             return
         if payloads is None:  # an unsharded chunk that was never written: background
-            for chunk in todo:
-                self._record_absent(plan, chunk.name)
+            self._record_absent(plan, [chunk.name for chunk in todo])
             return
+        url, provider = layer.url(read.key), layer.mirror.provider
+        written = await asyncio.to_thread(self._write_chunks, plan, payloads)
+        self.store.items_finished(
+            FinishedItem(item, None, item, url, size, identity, "done", "decoded", provider, md5)
+            for item, size, md5 in written
+        )
+        for item, size, _ in written:
+            self.done += 1
+            self.emit(ev.ItemDone(item, size, provider, "decoded"))
+
+    def _write_chunks(
+        self, plan: CutoutPlan, payloads: list[tuple[Any, bytes]]
+    ) -> list[tuple[str, int, str]]:
+        """Each chunk under its final name only when complete (runs in a worker thread)."""
+        written = []
         for chunk, payload in payloads:
             item = self._item(plan, chunk.name)
             files.write_file_atomic(self.dest / item, payload)
-            self.store.begin_item(
-                item,
-                plan_id="",
-                local_path=item,
-                remote_url=layer.url(read.key),
-                size=len(payload),
-                identity=identity,
-                parts=[(0, len(payload))],
-            )
-            checksum = "md5:" + hashlib.md5(payload).hexdigest()
-            self.store.item_done(item, "decoded", layer.mirror.provider, checksum)
-            self.done += 1
-            self.emit(ev.ItemDone(item, len(payload), layer.mirror.provider, "decoded"))
+            written.append((item, len(payload), "md5:" + hashlib.md5(payload).hexdigest()))
+        return written
 
     async def _fetch_payloads(
         self, layer: Layer, scale: Scale, sharded: bool, read: Read, todo: list
@@ -182,7 +178,10 @@ class CutoutRunner:
             self.bytes_moved += len(data)
             self.emit(ev.BytesMoved(read.key, len(data)))
             try:
-                return [(c, self._payload(data, c, read, scale, layer.info)) for c in todo]
+                # gunzip + decode checks release the GIL: keep them off the event loop
+                return await asyncio.to_thread(
+                    lambda d=data: [(c, self._payload(d, c, read, scale, layer.info)) for c in todo]
+                )
             except CorruptChunk:
                 if attempt == DECODE_ATTEMPTS - 1:
                     raise
