@@ -29,6 +29,7 @@ from microns_get.transfer.health import MirrorHealth
 from microns_get.transfer.requests import Requester
 
 DECODE_ATTEMPTS = 2  # a chunk that does not decode is read once more before it counts as failed
+THREAD_BATCH = 32  # chunks per worker-thread task: zlib, decoders and fsync release the GIL
 
 
 def chunk_shape(name: str) -> tuple[int, int, int]:
@@ -141,7 +142,11 @@ class CutoutRunner:
             self._record_absent(plan, [chunk.name for chunk in todo])
             return
         url, provider = layer.url(read.key), layer.mirror.provider
-        written = await asyncio.to_thread(self._write_chunks, plan, payloads)
+        groups = [payloads[i : i + THREAD_BATCH] for i in range(0, len(payloads), THREAD_BATCH)]
+        batches = await asyncio.gather(
+            *(asyncio.to_thread(self._write_chunks, plan, group) for group in groups)
+        )
+        written = [entry for batch in batches for entry in batch]
         self.store.items_finished(
             FinishedItem(item, None, item, url, size, identity, "done", "decoded", provider, md5)
             for item, size, md5 in written
@@ -178,14 +183,24 @@ class CutoutRunner:
             self.bytes_moved += len(data)
             self.emit(ev.BytesMoved(read.key, len(data)))
             try:
-                # gunzip + decode checks release the GIL: keep them off the event loop
-                return await asyncio.to_thread(
-                    lambda d=data: [(c, self._payload(d, c, read, scale, layer.info)) for c in todo]
+                # gunzip + decode checks release the GIL: off the event loop, several threads
+                groups = [todo[i : i + THREAD_BATCH] for i in range(0, len(todo), THREAD_BATCH)]
+                checked = await asyncio.gather(
+                    *(
+                        asyncio.to_thread(self._payloads, data, group, read, scale, layer.info)
+                        for group in groups
+                    )
                 )
+                return [pair for group in checked for pair in group]
             except CorruptChunk:
                 if attempt == DECODE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def _payloads(
+        self, data: bytes, chunks: list, read: Read, scale: Scale, info: VolumeInfo
+    ) -> list[tuple[Any, bytes]]:
+        return [(c, self._payload(data, c, read, scale, info)) for c in chunks]
 
     @staticmethod
     def _payload(data: bytes, chunk: Any, read: Read, scale: Scale, info: VolumeInfo) -> bytes:
