@@ -30,7 +30,6 @@ from microns_get.cli.fetch_cmds import (
     Exclude,
     Include,
     MipOpt,
-    MirrorOpt,
     PartOpt,
     PartSize,
     ResOpt,
@@ -48,6 +47,10 @@ from microns_get.mirror.options import MirrorOptions, bandwidth, mirror_options
 from microns_get.mirror.runner import DestOutcome, run_mirror
 from microns_get.transfer import events as ev
 
+# The parameter is `mirror_` (the command `mirror` owns the name); the flag stays `--mirror`.
+MirrorFlag = Annotated[
+    str | None, typer.Option("--mirror", help="auto, s3, gcs, https or a mirror URL.")
+]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", help="Concurrent requests.")]
 DeleteOpt = Annotated[
     bool | None,
@@ -97,7 +100,7 @@ def mirror(
     delete_max_fraction: FractionOpt = None,
     jobs: JobsOpt = None,
     part_size: PartSize = None,
-    mirror_: MirrorOpt = None,
+    mirror_: MirrorFlag = None,
     quiet: QuietOpt = False,
     log_file: LogOpt = None,
     as_json: JsonOpt = False,
@@ -125,7 +128,7 @@ def sync(
     part: PartOpt = None,
     include: Include = None,
     exclude: Exclude = None,
-    mirror_: MirrorOpt = None,
+    mirror_: MirrorFlag = None,
     jobs: JobsOpt = None,
     part_size: PartSize = None,
     delete: DeleteOpt = None,
@@ -284,7 +287,7 @@ def plan(
     exclude: Exclude = None,
     dest: Annotated[str | None, typer.Option(help="Destination directory.")] = None,
     part_size: PartSize = None,
-    mirror_: MirrorOpt = None,
+    mirror_: MirrorFlag = None,
     as_json: JsonOpt = False,
     bbox: BboxOpt = None,
     bbox_resolution: BboxRes = None,
