@@ -260,3 +260,68 @@ def test_full_disk_is_one_clear_error_and_a_rerun_completes(proxy, small_disk, c
     filler.unlink()
     assert fetch_stacks(dest, "--part-size", "1M") == 0
     assert local_files(dest) == expected_tree()
+
+
+def _multipart_put(scratch: ScratchS3, key: str, data: bytes, part_size: int) -> str:
+    client = scratch.client
+    upload = client.create_multipart_upload(Bucket="bossdb-open-data", Key=key)
+    parts = []
+    for number, start in enumerate(range(0, len(data), part_size), 1):
+        body = data[start : start + part_size]
+        etag = client.upload_part(
+            Bucket="bossdb-open-data",
+            Key=key,
+            UploadId=upload["UploadId"],
+            PartNumber=number,
+            Body=body,
+        )["ETag"]
+        parts.append({"ETag": etag, "PartNumber": number})
+    done = client.complete_multipart_upload(
+        Bucket="bossdb-open-data",
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": parts},
+    )
+    return done["ETag"].strip('"')
+
+
+def test_multipart_object_downloads_in_its_upload_part_size(
+    proxy, scratch, tmp_path, capsys
+) -> None:
+    data = random_bytes(12 * MIB + 777, seed=5)
+    key = STACKS + "multi.tif"
+    etag = _multipart_put(scratch, key, data, 5 * MIB)
+    assert etag.endswith("-3")
+    assert fetch_stacks(tmp_path, "--include", "multi*") == 0  # default part size: 64 MiB
+    assert local_files(tmp_path) == {key: data}
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    done = [e for e in events if e["event"] == "ItemDone"][0]
+    assert done["verified_by"] == "s3-multipart-etag"
+    assert "while downloading" in done["detail"]  # no second read of the file
+    ranges = [r.range for r in proxy.stats.log if "multi" in r.path and r.range]
+    assert sorted(ranges)[0] == f"bytes=0-{5 * MIB - 1}"
+
+
+def test_unreproducible_multipart_etag_needs_two_identical_downloads(
+    proxy, scratch, tmp_path, capsys
+) -> None:
+    data = random_bytes(12 * MIB, seed=6)
+    key = STACKS + "odd.tif"
+    _multipart_put(scratch, key, data, 5 * MIB + 512 * 1024)  # an unusual uploader part size
+    assert fetch_stacks(tmp_path, "--include", "odd*") == 0
+    assert local_files(tmp_path) == {key: data}
+    done = finished_event(capsys)
+    assert done["verified_by"] == {"size-only": 1} and done["retries"] >= 1
+
+
+def test_complete_unrecorded_file_is_adopted_not_fetched(proxy, tmp_path, capsys) -> None:
+    (tmp_path / STACKS).mkdir(parents=True)
+    for key, data in SMALL.items():
+        (tmp_path / key).write_bytes(data)  # as another tool, or a run killed before recording
+    (tmp_path / STACKS / "small_05.tif").write_bytes(b"x" * len(SMALL[STACKS + "small_05.tif"]))
+    assert fetch_stacks(tmp_path, "--exclude", "stack_big*") == 0
+    assert local_files(tmp_path) == SMALL
+    done = finished_event(capsys)
+    assert done["objects_skipped"] == len(SMALL) - 1 and done["objects_done"] == 1
+    fetched = {r.path for r in proxy.stats.log if r.method == "GET" and "small_" in r.path}
+    assert fetched == {f"/bossdb-open-data/{STACKS}small_05.tif"}

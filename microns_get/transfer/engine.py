@@ -1,9 +1,13 @@
 """The transfer engine: executes a plan with parallel ranged reads, resume, verification, failover.
 
-Owns: per item, the sequence fetch parts -> temp file -> verify -> fsync + rename -> mark done,
-with every finished part recorded in the checkpoint so a rerun after kill -9 fetches only what
-was not finished. Consults the retry policy (`retry`) and mirror health (`health`); writes
-through `files`; reports progress as events. Must not plan, print, or choose what to fetch.
+Owns: per item, fetch -> temp file -> verify -> fsync + rename -> mark done, and the run's
+bookkeeping. Small objects come into memory and land in one worker-thread step (write, check,
+fsync, rename); large ones go part by part through `parts.PartFetcher`, every finished part
+recorded so a rerun after kill -9 fetches only what was not finished. A complete file already
+under its final name but not recorded (a run killed before its records were flushed, another
+tool) is checked against the remote's digests and adopted, not fetched again. Consults the
+retry policy and mirror health through `Requester`; reports progress as events. Must not plan,
+print, or choose what to fetch.
 """
 
 from __future__ import annotations
@@ -12,27 +16,28 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
-from microns_get.checkpoint import CheckpointStore
-from microns_get.errors import MicronsGetError, RemoteError, VerificationFailed
-from microns_get.plan.model import Plan, PlanItem, RemoteCopy, part_ranges
+from microns_get.checkpoint import CheckpointStore, FinishedItem
+from microns_get.errors import RemoteError, VerificationFailed
+from microns_get.plan.model import Plan, PlanItem, RemoteCopy
 from microns_get.plan.objects import copy_from_listing
-from microns_get.sources import CloudPath, ObjectInfo, Source, open_source
+from microns_get.sources import CloudPath, Source, open_source
 from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.transfer.health import MirrorHealth
+from microns_get.transfer.parts import ObjectChanged, PartFetcher, all_or_cancel, expected_info
 from microns_get.transfer.requests import Requester
 from microns_get.verify.digests import StreamHasher, verify_object
 
-T = TypeVar("T")
 ATTEMPTS_PER_MIRROR = 3  # whole-item attempts (after a checksum mismatch or a changed object)
-CHANGED_STATUS = (404, 412)  # a pinned read of a replaced object: GCS generation gone / If-Match
+SMALL_OBJECT = 8 << 20  # objects up to this size are fetched into memory and land in one step
+FLUSH_EVERY = 64  # finished small items recorded per store transaction
 
 
 def content_identity(copy: RemoteCopy) -> str:
@@ -43,34 +48,6 @@ def content_identity(copy: RemoteCopy) -> str:
     return f"{copy.size}:{copy.provider}={copy.generation or copy.etag or ''}"
 
 
-def expected_info(copy: RemoteCopy, key: str) -> ObjectInfo:
-    return ObjectInfo(
-        key=key,
-        size=copy.size or 0,
-        etag=copy.etag,
-        md5_base64=copy.md5_base64,
-        crc32c_base64=copy.crc32c_base64,
-        generation=copy.generation,
-        content_encoding=copy.content_encoding,
-    )
-
-
-@dataclass(frozen=True)
-class _Target:
-    """One item being written: where its bytes come from and where they go."""
-
-    source: Source
-    key: str
-    copy: RemoteCopy
-    fd: int
-    final: Path
-    path: str  # the item id: its path relative to DEST
-
-
-class ObjectChanged(MicronsGetError):
-    """The remote object changed under us: restart the item from its new version."""
-
-
 @dataclass
 class Tally:
     done: int = 0
@@ -78,11 +55,9 @@ class Tally:
     failed: int = 0
     bytes_moved: int = 0
     retries: int = 0
-
-    def __post_init__(self) -> None:
-        self.mirrors: Counter[str] = Counter()
-        self.verified_by: Counter[str] = Counter()
-        self.failures: list[str] = []
+    mirrors: Counter[str] = field(default_factory=Counter)
+    verified_by: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -108,9 +83,12 @@ class Engine:
         self.throttle = throttle  # awaited per chunk received: a bandwidth cap shared by all parts
         self.requester = Requester(settings, self.health, emit)
         self.requests = asyncio.Semaphore(settings.jobs)
+        self.parts = PartFetcher(self)
         self.tally = Tally()
-        self._sources: dict[tuple[str, str], Source] = {}
         self.plan_id = ""
+        self._sources: dict[tuple[str, str], Source] = {}
+        self._finished: list[FinishedItem] = []
+        self._dirs: set[Path] = set()
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, plan: Plan) -> ev.RunFinished:
@@ -123,10 +101,14 @@ class Engine:
         for item in plan.items:
             queue.put_nowait(item)
         workers = max(1, min(self.settings.jobs, len(plan.items)))
-        await _all_or_cancel([self._worker(queue, plan) for _ in range(workers)])
-        return self._finished(started)
+        try:
+            await all_or_cancel([self._worker(queue, plan) for _ in range(workers)])
+        finally:
+            self._flush()
+            await asyncio.to_thread(files.sync_dirs, sorted(self._dirs))
+        return self._report(started)
 
-    def _finished(self, started: float) -> ev.RunFinished:
+    def _report(self, started: float) -> ev.RunFinished:
         t = self.tally
         event = ev.RunFinished(
             plan_id=self.plan_id,
@@ -148,12 +130,14 @@ class Engine:
             item = queue.get_nowait()
             await self._process(item, plan.part_size)
 
+    def moved(self, path: str, n: int) -> None:
+        self.tally.bytes_moved += n
+        self.emit(ev.BytesMoved(path, n))
+
     # -- one item --------------------------------------------------------------------------
     async def _process(self, item: PlanItem, part_size: int) -> None:
         final = self.dest / item.path
-        if self._already_done(item, final):
-            self.tally.skipped += 1
-            self.emit(ev.ItemSkipped(item.path, item.size, "already downloaded and verified"))
+        if await self._already_done(item, final):
             return
         errors: list[str] = []
         for copy in self.health.order(item.copies):
@@ -167,22 +151,42 @@ class Engine:
         self.tally.failed += 1
         message = "; ".join(errors[-3:]) or "no mirror could serve it"
         self.tally.failures.append(f"{item.path}: {message}")
+        self._flush()  # the failure record must not be overwritten by a later batch
+        if self.store.item(item.path) is None:  # small items are recorded only when done
+            self.begin_parts(item, item.primary, [(0, item.size)], final)
         self.store.item_failed(item.path, message)
         self.emit(ev.ItemFailed(item.path, message))
 
     def _all_down(self, item: PlanItem) -> bool:
         return self.health.all_down([c.provider for c in item.copies])
 
-    def _already_done(self, item: PlanItem, final: Path) -> bool:
-        record = self.store.item(item.path)
-        if record is None or record.state != "done":
-            return False
-        if record.identity != content_identity(item.primary) and item.primary.listed:
-            return False
+    async def _already_done(self, item: PlanItem, final: Path) -> bool:
         try:
-            return final.stat().st_size == record.size
+            size = final.stat().st_size
         except FileNotFoundError:
             return False
+        if size != item.size:
+            return False
+        record = self.store.item(item.path)
+        identity = content_identity(item.primary)
+        if record is not None and record.state == "done":
+            if record.identity == identity or not item.primary.listed:
+                self._skipped(item, "already downloaded and verified")
+                return True
+            return False
+        # Complete under its final name but not recorded: check it against the remote instead
+        # of fetching it again (a run killed before its records were flushed, another tool).
+        key = CloudPath.parse(item.primary.url).key
+        result = await asyncio.to_thread(verify_object, final, expected_info(item.primary, key))
+        if not result.ok or result.method == "size-only":
+            return False
+        self._record(item, item.primary, f"adopted ({result.method})")
+        self._skipped(item, f"already there, {result.method} matched")
+        return True
+
+    def _skipped(self, item: PlanItem, reason: str) -> None:
+        self.tally.skipped += 1
+        self.emit(ev.ItemSkipped(item.path, item.size, reason))
 
     async def _fetch_with_refetch(
         self, item: PlanItem, copy: RemoteCopy, final: Path, part_size: int, errors: list[str]
@@ -207,25 +211,73 @@ class Engine:
         if not copy.listed:
             copy = await self._stat(source, key, copy)
         size = copy.size or 0
-        ranges = part_ranges(size, part_size)
-        done = self._begin(item, copy, ranges, final)
-        self.emit(ev.ItemStarted(item.path, size, copy.provider, len(done), len(ranges)))
-        fd = files.open_temp(final, size)
-        target = _Target(source, key, copy, fd, final, item.path)
-        try:
-            whole = await self._fetch_parts(target, ranges, done)
-            method, detail = await self._verify(target, ranges, part_size, whole)
-            await asyncio.to_thread(files.sync, fd, final)
-        finally:
-            os.close(fd)
-        files.finish(final)
-        self.store.item_done(item.path, method, copy.provider)
+        if size <= min(part_size, SMALL_OBJECT):
+            method, detail = await self._fetch_small(item, copy, source, key, final)
+        else:
+            method, detail = await self.parts.fetch(item, copy, source, key, final, part_size)
+        await asyncio.to_thread(files.finish, final, False)
+        self._dirs.add(final.parent)
+        self._record(item, copy, method)
         self.tally.done += 1
         self.tally.mirrors[copy.provider] += 1
         self.tally.verified_by[method] += 1
         self.emit(ev.ItemDone(item.path, size, copy.provider, method, detail))
 
-    def _begin(
+    async def _fetch_small(
+        self, item: PlanItem, copy: RemoteCopy, source: Source, key: str, final: Path
+    ) -> tuple[str, str]:
+        size = copy.size or 0
+        self.emit(ev.ItemStarted(item.path, size, copy.provider, 0, 1))
+        want_md5 = bool(copy.md5_base64 or (copy.etag and not copy.crc32c_base64))
+        pin = expected_info(copy, key)
+
+        async def attempt() -> tuple[bytes, StreamHasher]:
+            hasher = StreamHasher(md5=want_md5, crc32c=bool(copy.crc32c_base64))
+            pieces: list[bytes] = []
+            if size:
+                async with self.requests:
+                    async for chunk in source.stream(key, 0, size, pin=pin):
+                        if self.throttle is not None:
+                            await self.throttle(len(chunk))
+                        pieces.append(chunk)
+                        hasher.update(chunk)
+            data = b"".join(pieces)
+            if len(data) != size:
+                raise RemoteError(f"short body for {copy.url}", retryable=True)
+            return data, hasher
+
+        data, hasher = await self.parts.request(copy, attempt)
+        self.moved(item.path, len(data))
+        return await asyncio.to_thread(self._land, final, data, copy, key, hasher)
+
+    def _land(
+        self, final: Path, data: bytes, copy: RemoteCopy, key: str, hasher: StreamHasher
+    ) -> tuple[str, str]:
+        """Write, check and fsync a small object's temp file (in a worker thread)."""
+        fd = files.open_temp(final, len(data))
+        try:
+            files.write_at(fd, data, 0, final)
+            if self.verify:
+                result = verify_object(
+                    files.temp_path_for(final),
+                    expected_info(copy, key),
+                    hasher.md5_base64() if hasher.has_md5 else None,
+                    None,
+                    hasher.crc32c_base64() if hasher.has_crc32c else None,
+                )
+                if not result.ok:
+                    files.discard_temp(final)
+                    raise VerificationFailed(f"{copy.url}: {result.detail}")
+                method, detail = result.method, result.detail
+            else:
+                method, detail = "size-only (--no-verify)", ""
+            files.sync(fd, final)
+        finally:
+            os.close(fd)
+        return method, detail
+
+    # -- checkpoint ------------------------------------------------------------------------
+    def begin_parts(
         self, item: PlanItem, copy: RemoteCopy, ranges: list[tuple[int, int]], final: Path
     ) -> set[int]:
         def begin(restart: bool = False) -> set[int]:
@@ -247,90 +299,35 @@ class Engine:
             done = begin(restart=True)
         return done
 
+    def _record(self, item: PlanItem, copy: RemoteCopy, method: str) -> None:
+        """Queue the item's "done" record; records are written in batches (see `_flush`)."""
+        self._finished.append(
+            FinishedItem(
+                item.path,
+                self.plan_id,
+                item.path,
+                copy.url,
+                copy.size or 0,
+                content_identity(copy),
+                "done",
+                method,
+                copy.provider,
+            )
+        )
+        if len(self._finished) >= FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        """One transaction for many records. A crash before it only leaves complete files
+        without records, which the next run adopts after checking them (`_already_done`)."""
+        batch, self._finished = self._finished, []
+        self.store.items_finished(batch)
+
     async def _stat(self, source: Source, key: str, copy: RemoteCopy) -> RemoteCopy:
-        info = await self._request(copy, lambda: source.stat(key))
+        info = await self.parts.request(copy, lambda: source.stat(key))
         if info is None:
             raise RemoteError(f"not found on {copy.provider}: {copy.url}", status=404)
         return copy_from_listing(copy.url, copy.provider, info)
-
-    # -- parts -----------------------------------------------------------------------------
-    async def _fetch_parts(
-        self, target: _Target, ranges: Sequence[tuple[int, int]], done: set[int]
-    ) -> StreamHasher | None:
-        """Fetch every unfinished part; for a one-part object, return its streamed hashes."""
-        pending = [i for i in range(len(ranges)) if i not in done]
-        results = await _all_or_cancel([self._fetch_part(target, i, ranges[i]) for i in pending])
-        return results[0] if len(ranges) == 1 and pending else None
-
-    async def _fetch_part(
-        self, target: _Target, index: int, byte_range: tuple[int, int]
-    ) -> StreamHasher:
-        start, end = byte_range
-        copy = target.copy
-        pin = expected_info(copy, target.key)
-
-        async def attempt() -> StreamHasher:
-            hasher = StreamHasher()
-            position = start
-            async with self.requests:
-                async for chunk in target.source.stream(target.key, start, end, pin=pin):
-                    if self.throttle is not None:
-                        await self.throttle(len(chunk))
-                    files.write_at(target.fd, chunk, position, target.final)
-                    position += len(chunk)
-                    hasher.update(chunk)
-                    self.tally.bytes_moved += len(chunk)
-                    self.emit(ev.BytesMoved(target.path, len(chunk)))
-            if position != end:
-                raise RemoteError(f"short body for {copy.url}", retryable=True)
-            return hasher
-
-        try:
-            hasher = await self._request(copy, attempt)
-        except RemoteError as exc:
-            if exc.status in CHANGED_STATUS and copy.listed:
-                raise ObjectChanged(f"{copy.url} changed since it was planned") from exc
-            raise
-        if end - start > 0:
-            await asyncio.to_thread(files.sync, target.fd, target.final)
-        self.store.part_done(target.path, index, hasher.md5_digest())
-        return hasher
-
-    async def _request(self, copy: RemoteCopy, call: Callable[[], Awaitable[T]]) -> T:
-        """One request with retries; failures count against the mirror's health."""
-        return await self.requester(copy.provider, copy.url, call)
-
-    # -- verification ----------------------------------------------------------------------
-    async def _verify(
-        self,
-        target: _Target,
-        ranges: Sequence[tuple[int, int]],
-        part_size: int,
-        whole: StreamHasher | None,
-    ) -> tuple[str, str]:
-        copy, final = target.copy, target.final
-        temp = files.temp_path_for(final)
-        if not self.verify:
-            if temp.stat().st_size != copy.size:
-                raise VerificationFailed(f"{final}: size differs from the remote's")
-            return "size-only (--no-verify)", ""
-        known_md5 = whole.md5_base64() if whole is not None else None
-        known_crc = whole.crc32c_base64() if whole is not None else None
-        part_digests: dict[int, list[bytes | None]] | None = None
-        if len(ranges) > 1:
-            part_digests = {part_size: self.store.part_digests(target.path)}
-        result = await asyncio.to_thread(
-            verify_object,
-            temp,
-            expected_info(copy, target.key),
-            known_md5,
-            part_digests,
-            known_crc,
-        )
-        if not result.ok:
-            files.discard_temp(final)  # the next attempt sees no temp file and starts over
-            raise VerificationFailed(f"{copy.url}: {result.detail}")
-        return result.method, result.detail
 
     def _source(self, url: str) -> tuple[Source, str]:
         path = CloudPath.parse(url)
@@ -338,15 +335,3 @@ class Engine:
         if cache_key not in self._sources:
             self._sources[cache_key] = open_source(path, self.session, self.settings)
         return self._sources[cache_key], path.key
-
-
-async def _all_or_cancel(coroutines: Sequence[Awaitable[T]]) -> list[T]:
-    """Run concurrently; on the first error cancel the rest (and wait for them) and raise it."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from microns_get.errors import MicronsGetError
@@ -86,18 +87,27 @@ def sync(fd: int, path: Path) -> None:
         raise wrap_os_error(exc, path) from exc
 
 
-def finish(final: Path) -> None:
-    """Rename the verified temp file to its final name and make the rename durable."""
+def finish(final: Path, sync_dir: bool = True) -> None:
+    """Rename the verified (and fsynced) temp file to its final name. `sync_dir=False` leaves
+    making the rename durable to a later `sync_dirs` over many files: a rename lost in a crash
+    only means that file is fetched again, never a corrupt file under the final name."""
     temp = temp_path_for(final)
     try:
         os.replace(temp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
+        if sync_dir:
+            sync_dirs([final.parent])
+    except OSError as exc:
+        raise wrap_os_error(exc, final) from exc
+
+
+def sync_dirs(directories: Iterable[Path]) -> None:
+    """fsync each directory once, so the renames in it survive a crash."""
+    for directory in directories:
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
-        raise wrap_os_error(exc, final) from exc
 
 
 def discard_temp(final: Path) -> None:
@@ -107,7 +117,7 @@ def discard_temp(final: Path) -> None:
         pass
 
 
-def write_file_atomic(final: Path, data: bytes) -> None:
+def write_file_atomic(final: Path, data: bytes, sync_dir: bool = True) -> None:
     """A small file in one go: temp name, fsync, rename (for chunks, info files, meshes)."""
     fd = open_temp(final, len(data))
     try:
@@ -115,4 +125,4 @@ def write_file_atomic(final: Path, data: bytes) -> None:
         sync(fd, final)
     finally:
         os.close(fd)
-    finish(final)
+    finish(final, sync_dir)

@@ -59,35 +59,48 @@ _MULTIPART = re.compile(r"^([0-9a-fA-F]{32})-([1-9][0-9]*)$")
 
 
 class StreamHasher:
-    """MD5 and CRC32C of a byte stream fed in order, both computed from the same pass."""
+    """MD5 and CRC32C of a byte stream fed in order, both computed from the same pass. Either can
+    be left out when nothing will be compared with it (S3 reports no CRC32C): hashing costs."""
 
-    def __init__(self) -> None:
-        self._md5 = hashlib.md5()
-        self._crc = google_crc32c.Checksum()
+    def __init__(self, md5: bool = True, crc32c: bool = True) -> None:
+        self._md5 = hashlib.md5() if md5 else None
+        self._crc = google_crc32c.Checksum() if crc32c else None
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        self._md5.update(data)
-        # google-crc32c's C extension accepts only `bytes`, not buffers.
-        self._crc.update(data if isinstance(data, bytes) else bytes(data))
+        if self._md5 is not None:
+            self._md5.update(data)
+        if self._crc is not None:
+            # google-crc32c's C extension accepts only `bytes`, not buffers.
+            self._crc.update(data if isinstance(data, bytes) else bytes(data))
         self.size += len(data)
 
+    @property
+    def has_md5(self) -> bool:
+        return self._md5 is not None
+
+    @property
+    def has_crc32c(self) -> bool:
+        return self._crc is not None
+
     def md5_digest(self) -> bytes:
+        assert self._md5 is not None, "MD5 was not computed"
         return self._md5.digest()
 
     def md5_hex(self) -> str:
-        return self._md5.hexdigest()
+        return self.md5_digest().hex()
 
     def md5_base64(self) -> str:
-        return base64.b64encode(self._md5.digest()).decode("ascii")
+        return base64.b64encode(self.md5_digest()).decode("ascii")
 
     def crc32c_digest(self) -> bytes:
         """The 4-byte big-endian CRC32C."""
+        assert self._crc is not None, "CRC32C was not computed"
         return self._crc.digest()
 
     def crc32c_base64(self) -> str:
         """GCS's form: base64 of the big-endian 4-byte CRC32C."""
-        return base64.b64encode(self._crc.digest()).decode("ascii")
+        return base64.b64encode(self.crc32c_digest()).decode("ascii")
 
 
 class PartDigester:
