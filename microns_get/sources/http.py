@@ -146,9 +146,18 @@ class HttpTransport:
                     raise status_error(url, resp.status, resp.headers, await _short_text(resp))
                 check_content_range(url, resp.status, resp.headers, start)
                 received = 0
-                async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
-                    received += len(chunk)
-                    yield chunk
+                # Hand on pieces of about STREAM_CHUNK: the socket gives tens of KiB at a time,
+                # and every piece costs the consumer a write (and a thread hop for large files).
+                pending = bytearray()
+                async for piece in resp.content.iter_any():
+                    pending += piece
+                    if len(pending) >= STREAM_CHUNK:
+                        received += len(pending)
+                        yield bytes(pending)
+                        pending.clear()
+                if pending:
+                    received += len(pending)
+                    yield bytes(pending)
                 expected = None if end is None else end - start
                 if expected is not None and received != expected:
                     raise RetryableHttpError(

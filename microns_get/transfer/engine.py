@@ -89,6 +89,7 @@ class Engine:
         self._sources: dict[tuple[str, str], Source] = {}
         self._finished: list[FinishedItem] = []
         self._dirs: set[Path] = set()
+        self._listed_dirs: dict[Path, dict[str, int]] = {}
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, plan: Plan) -> ev.RunFinished:
@@ -160,12 +161,24 @@ class Engine:
     def _all_down(self, item: PlanItem) -> bool:
         return self.health.all_down([c.provider for c in item.copies])
 
+    def _local_size(self, final: Path) -> int | None:
+        """Size of a file already under DEST before this run, from one directory scan per
+        directory (a stat per item costs more than the fetch of a small object)."""
+        sizes = self._listed_dirs.get(final.parent)
+        if sizes is None:
+            sizes = {}
+            try:
+                with os.scandir(final.parent) as entries:
+                    for entry in entries:
+                        if entry.is_file(follow_symlinks=False):
+                            sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            self._listed_dirs[final.parent] = sizes
+        return sizes.get(final.name)
+
     async def _already_done(self, item: PlanItem, final: Path) -> bool:
-        try:
-            size = final.stat().st_size
-        except FileNotFoundError:
-            return False
-        if size != item.size:
+        if self._local_size(final) != item.size:
             return False
         record = self.store.item(item.path)
         identity = content_identity(item.primary)
@@ -215,7 +228,7 @@ class Engine:
             method, detail = await self._fetch_small(item, copy, source, key, final)
         else:
             method, detail = await self.parts.fetch(item, copy, source, key, final, part_size)
-        await asyncio.to_thread(files.finish, final, False)
+            await asyncio.to_thread(files.finish, final, False)
         self._dirs.add(final.parent)
         self._record(item, copy, method)
         self.tally.done += 1
@@ -231,8 +244,7 @@ class Engine:
         want_md5 = bool(copy.md5_base64 or (copy.etag and not copy.crc32c_base64))
         pin = expected_info(copy, key)
 
-        async def attempt() -> tuple[bytes, StreamHasher]:
-            hasher = StreamHasher(md5=want_md5, crc32c=bool(copy.crc32c_base64))
+        async def attempt() -> bytes:
             pieces: list[bytes] = []
             if size:
                 async with self.requests:
@@ -240,20 +252,22 @@ class Engine:
                         if self.throttle is not None:
                             await self.throttle(len(chunk))
                         pieces.append(chunk)
-                        hasher.update(chunk)
             data = b"".join(pieces)
             if len(data) != size:
                 raise RemoteError(f"short body for {copy.url}", retryable=True)
-            return data, hasher
+            return data
 
-        data, hasher = await self.parts.request(copy, attempt)
+        data = await self.parts.request(copy, attempt)
         self.moved(item.path, len(data))
+        hasher = StreamHasher(md5=want_md5, crc32c=bool(copy.crc32c_base64))
         return await asyncio.to_thread(self._land, final, data, copy, key, hasher)
 
     def _land(
         self, final: Path, data: bytes, copy: RemoteCopy, key: str, hasher: StreamHasher
     ) -> tuple[str, str]:
-        """Write, check and fsync a small object's temp file (in a worker thread)."""
+        """Hash, write, check and fsync a small object's temp file, and move it to its final
+        name (in a worker thread: hashlib and the file calls release the GIL)."""
+        hasher.update(data)
         fd = files.open_temp(final, len(data))
         try:
             files.write_at(fd, data, 0, final)
@@ -274,6 +288,7 @@ class Engine:
             files.sync(fd, final)
         finally:
             os.close(fd)
+        files.finish(final, sync_dir=False)
         return method, detail
 
     # -- checkpoint ------------------------------------------------------------------------
