@@ -55,8 +55,10 @@ class PlainLines:
         out.flush()
 
     def __call__(self, event: ev.Event) -> None:
+        if self.quiet and not isinstance(event, (ev.ItemFailed, ev.MirrorDown)):
+            return
         text = plain_text(event)
-        if text and not (self.quiet and not isinstance(event, (ev.ItemFailed, ev.MirrorDown))):
+        if text:
             self._line(text)
 
     def __enter__(self) -> PlainLines:

@@ -148,16 +148,18 @@ class HttpTransport:
                 received = 0
                 # Hand on pieces of about STREAM_CHUNK: the socket gives tens of KiB at a time,
                 # and every piece costs the consumer a write (and a thread hop for large files).
-                pending = bytearray()
+                pending: list[bytes] = []
+                pending_size = 0
                 async for piece in resp.content.iter_any():
-                    pending += piece
-                    if len(pending) >= STREAM_CHUNK:
-                        received += len(pending)
-                        yield bytes(pending)
-                        pending.clear()
+                    pending.append(piece)
+                    pending_size += len(piece)
+                    if pending_size >= STREAM_CHUNK:
+                        received += pending_size
+                        yield pending[0] if len(pending) == 1 else b"".join(pending)
+                        pending, pending_size = [], 0
                 if pending:
-                    received += len(pending)
-                    yield bytes(pending)
+                    received += pending_size
+                    yield b"".join(pending)
                 expected = None if end is None else end - start
                 if expected is not None and received != expected:
                     raise RetryableHttpError(
