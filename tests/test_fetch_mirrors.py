@@ -120,3 +120,29 @@ def test_dry_run_reports_egress(mirror_env, tmp_path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["egress"]) == {"s3"}
     assert summary["egress"]["s3"]["bytes"] == summary["bytes"] > 0
+
+
+def test_a_static_server_over_dest_is_itself_a_mirror(mirror_env, tmp_path, capsys) -> None:
+    from microns_get.testing.servers import static_http_server
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    box = ["--bbox", "13830,13840,14818,13930,13901,14845", "--bbox-resolution", "8,8,40"]
+    assert run(["fetch", "nucleus-detection", "--dest", str(first), "--quiet"]) == 0
+    assert run(["fetch", "em", *box, "--dest", str(first), "--quiet"]) == 0
+    with static_http_server(first) as base:
+        assert run(["fetch", "nucleus-detection", "--mirror", base, "--dest", str(second)]) == 0
+        assert run(["fetch", "em", *box, "--mirror", base, "--dest", str(second)]) == 0
+    ours, theirs = local_files(first), local_files(second)
+    assert ours == theirs and len(ours) > 10
+
+
+def test_cutouts_read_from_the_measured_fastest_mirror(proxies, tmp_path, capsys) -> None:
+    s3, gcs = proxies
+    s3.add_rule(FaultRule("delay", seconds=0.3))
+    box = ["--bbox", "13830,13840,14818,13930,13901,14845", "--bbox-resolution", "8,8,40"]
+    assert run(["fetch", "em", *box, "--dry-run", "--json", "--dest", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["layer_url"].startswith("gs://")
+    s3.clear_rules()
+    gcs.add_rule(FaultRule("delay", seconds=0.3))
+    assert run(["fetch", "em", *box, "--dry-run", "--json", "--dest", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["layer_url"].startswith("s3://")
