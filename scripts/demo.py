@@ -52,10 +52,34 @@ def main() -> None:
             run(["info", "nucleus-detection"], env)
             run(["fetch", "nucleus-detection"], env)
             run(["fetch", "skeletons", "--version", "1300", "--part", "proofread"], env)
-            run(["fetch", "seg", "--version", "1300", "--dry-run"], env)
+            # A cutout, in the 4,4,40 nm frame of every MICrONS table: EM and its segmentation.
+            box = "27700,27700,14822,28000,27950,14850"
+            run(["plan", "seg", "--version", "1300", "--bbox", box], env)
+            run(["fetch", "em", "--bbox", box], env)
+            run(["fetch", "seg", "--version", "1300", "--bbox", box], env)
+            mesh_id = str(seed.meta["m1300_mesh_ids"][0])
+            run(["fetch", "seg", "--version", "1300", "--segments", mesh_id, "--meshes"], env)
+            run(["verify", str(out)], env)
+            layers = out / "iarpa_microns/minnie/minnie65"
+            preview = out / "preview.png"
+            run(
+                [
+                    "preview",
+                    str(layers / "em"),
+                    "--seg",
+                    str(layers / "seg_m1300"),
+                    "--out",
+                    str(preview),
+                ],
+                env,
+            )
     print(f"\noutput: {out}")
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and ".microns-get" not in p.parts):
+    files = sorted(p for p in out.rglob("*") if p.is_file() and ".microns-get" not in p.parts)
+    for path in files[:12]:
         print(f"  {path.relative_to(out)}  ({path.stat().st_size} bytes)")
+    if len(files) > 12:
+        print(f"  ... and {len(files) - 12} more files")
+    print(f"open the cutout: CloudVolume('file://{out}/iarpa_microns/minnie/minnie65/em')")
 
 
 if __name__ == "__main__":
