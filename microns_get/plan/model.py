@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one or two per planned object
 class RemoteCopy:
     """One mirror's copy of an item: where it is and what that mirror says about it."""
 
@@ -37,7 +37,7 @@ class RemoteCopy:
         return self.size is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanItem:
     """One local file to produce: its path under DEST and its copies on each mirror."""
 
@@ -63,14 +63,19 @@ class Plan:
         return sum(item.size for item in self.items)
 
     def to_json(self) -> dict[str, Any]:
-        body = {
-            "request": dict(self.request),
-            "mirror": self.mirror,
-            "part_size": self.part_size,
-            "items": [asdict(item) for item in self.items],
-            "notes": list(self.notes),
-        }
-        return {"plan_id": plan_id(body), **body}
+        """The canonical JSON (computed once: for a large plan it is most of the memory)."""
+        cached = self.__dict__.get("_json")
+        if cached is None:
+            body = {
+                "request": dict(self.request),
+                "mirror": self.mirror,
+                "part_size": self.part_size,
+                "items": [asdict(item) for item in self.items],
+                "notes": list(self.notes),
+            }
+            cached = {"plan_id": plan_id(body), **body}
+            object.__setattr__(self, "_json", cached)
+        return cached
 
     @property
     def plan_id(self) -> str:

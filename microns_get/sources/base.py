@@ -52,7 +52,7 @@ class CloudPath:
         return self.url
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million of these are a listing
 class ObjectInfo:
     """What a listing or a HEAD says of one object. Hashes are as the remote reports them."""
 

@@ -11,6 +11,7 @@ import base64
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
@@ -97,7 +98,7 @@ class S3Source(Source):
         if headers is None:
             return None
         info = info_from_headers(key, headers)
-        return ObjectInfo(**{**info.__dict__, "md5_base64": md5_base64_from_etag(info.etag)})
+        return replace(info, md5_base64=md5_base64_from_etag(info.etag))
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> bytes | None:
         return await self.http.get_bytes(self.url_for(key), start, end)
