@@ -65,3 +65,26 @@ def mirror_env(mirrors: Mirrors, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     return mirrors
+
+
+@pytest.fixture(scope="session")
+def scratch_endpoint() -> Iterator[str]:
+    """A moto S3 server that tests may change (each test module's `scratch` fixture resets and
+    seeds it); the session's `mirrors` stay read-only."""
+    from microns_get.testing.servers import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def proxy(scratch, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A fault proxy in front of the module's `scratch` S3, with microns-get pointed at it."""
+    from microns_get.testing.faultproxy import FaultProxy
+
+    with FaultProxy(scratch.endpoint) as fault_proxy:
+        monkeypatch.setenv("MICRONS_GET_S3_ENDPOINT", fault_proxy.url)
+        monkeypatch.delenv("MICRONS_GET_CONFIG", raising=False)
+        monkeypatch.delenv("MICRONS_GET_STATE_DIR", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        yield fault_proxy

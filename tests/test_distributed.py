@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,19 +36,12 @@ from microns_get.distributed.tasks import TaskSpec, run_task, split_plan
 from microns_get.errors import BadInput
 from microns_get.plan.model import Plan, PlanItem, RemoteCopy
 from microns_get.testing.faultproxy import FaultProxy, FaultRule
-from microns_get.testing.servers import moto_server
 
 KIB = 1 << 10
 OBJECTS = {
     STACKS + f"w_{i:02d}.tif": random_bytes(40 * KIB + 31 * i, seed=900 + i) for i in range(9)
 }
 OBJECTS[STACKS + "w_big.tif"] = random_bytes(1200 * KIB, seed=999)
-
-
-@pytest.fixture(scope="module")
-def scratch_endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -59,16 +51,6 @@ def scratch(scratch_endpoint: str) -> ScratchS3:
     for key, data in OBJECTS.items():
         s3.put(key, data)
     return s3
-
-
-@pytest.fixture
-def proxy(scratch: ScratchS3, monkeypatch, tmp_path) -> Iterator[FaultProxy]:
-    with FaultProxy(scratch.endpoint) as fault_proxy:
-        monkeypatch.setenv("MICRONS_GET_S3_ENDPOINT", fault_proxy.url)
-        monkeypatch.delenv("MICRONS_GET_CONFIG", raising=False)
-        monkeypatch.delenv("MICRONS_GET_STATE_DIR", raising=False)
-        monkeypatch.setenv("HOME", str(tmp_path))
-        yield fault_proxy
 
 
 def enqueue(queue: Path, dest: Path, capsys, *extra: str) -> dict:

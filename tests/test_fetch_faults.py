@@ -29,8 +29,7 @@ from fetch_helpers import (
 )
 
 from microns_get.cli.app import run
-from microns_get.testing.faultproxy import FaultProxy, FaultRule, slow_down, too_many_requests
-from microns_get.testing.servers import moto_server
+from microns_get.testing.faultproxy import FaultRule, slow_down, too_many_requests
 
 MIB = 1 << 20
 BIG_KEY = STACKS + "stack_big.tif"
@@ -38,12 +37,6 @@ BIG = random_bytes(6 * MIB + 12345, seed=1)
 SMALL = {
     STACKS + f"small_{i:02d}.tif": random_bytes(20_000 + i * 977, seed=100 + i) for i in range(8)
 }
-
-
-@pytest.fixture(scope="module")
-def scratch_endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -54,15 +47,6 @@ def scratch(scratch_endpoint: str) -> ScratchS3:
     for key, data in SMALL.items():
         s3.put(key, data)
     return s3
-
-
-@pytest.fixture
-def proxy(scratch: ScratchS3, monkeypatch) -> Iterator[FaultProxy]:
-    with FaultProxy(scratch.endpoint) as fault_proxy:
-        monkeypatch.setenv("MICRONS_GET_S3_ENDPOINT", fault_proxy.url)
-        monkeypatch.delenv("MICRONS_GET_CONFIG", raising=False)
-        monkeypatch.setenv("HOME", str(Path(os.environ.get("TMPDIR", "/tmp"))))
-        yield fault_proxy
 
 
 def expected_tree() -> dict[str, bytes]:

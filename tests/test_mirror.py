@@ -35,18 +35,11 @@ from microns_get.mirror.sync import (
 )
 from microns_get.plan.model import PlanItem, RemoteCopy
 from microns_get.testing.faultproxy import FaultProxy, FaultRule
-from microns_get.testing.servers import moto_server
 from microns_get.transfer.engine import content_identity
 
 MIB = 1 << 20
 SMALL = {STACKS + f"s_{i:02d}.tif": random_bytes(3000 + 97 * i, seed=500 + i) for i in range(10)}
 BIG_KEY = STACKS + "big.tif"
-
-
-@pytest.fixture(scope="module")
-def scratch_endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture
@@ -56,16 +49,6 @@ def scratch(scratch_endpoint: str) -> ScratchS3:
     for key, data in SMALL.items():
         s3.put(key, data)
     return s3
-
-
-@pytest.fixture
-def proxy(scratch: ScratchS3, monkeypatch, tmp_path) -> Iterator[FaultProxy]:
-    with FaultProxy(scratch.endpoint) as fault_proxy:
-        monkeypatch.setenv("MICRONS_GET_S3_ENDPOINT", fault_proxy.url)
-        monkeypatch.delenv("MICRONS_GET_CONFIG", raising=False)
-        monkeypatch.delenv("MICRONS_GET_STATE_DIR", raising=False)
-        monkeypatch.setenv("HOME", str(tmp_path))
-        yield fault_proxy
 
 
 def sync(dest: Path, *extra: str) -> int:
