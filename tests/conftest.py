@@ -78,6 +78,15 @@ def scratch_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
+def upstream_proxy(upstream: str):
+    """A fault proxy in front of the module's own `upstream` server (a URL fixture)."""
+    from microns_get.testing.faultproxy import FaultProxy
+
+    with FaultProxy(upstream) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
 def proxy(scratch, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """A fault proxy in front of the module's `scratch` S3, with microns-get pointed at it."""
     from microns_get.testing.faultproxy import FaultProxy

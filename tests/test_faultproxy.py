@@ -10,10 +10,9 @@ import json
 import os
 import random
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import aiohttp
 import pytest
@@ -25,6 +24,7 @@ from microns_get.testing.faultproxy import (
     slow_down,
     too_many_requests,
 )
+from microns_get.testing.servers import handler_server
 
 BLOB = random.Random(7).randbytes(300_000)
 SMALL = os.urandom(4096)
@@ -77,15 +77,6 @@ class _Upstream(BaseHTTPRequestHandler):
         self._send(200, b"", {"ETag": '"put"'})
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default backlog of 5 stalls parallel connects for a second
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # The proxy drops its upstream connection when it cuts a body short; that is expected.
-        pass
-
-
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
     _Upstream.objects = {
@@ -93,18 +84,13 @@ def upstream() -> Iterator[str]:
         "/b/small.bin": (SMALL, {"ETag": '"small"'}),
         "/b/plain.json.gz": (GZ, {"Content-Encoding": "gzip", "Content-Type": "text/plain"}),
     }
-    server = _QuietServer(("127.0.0.1", 0), _Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with handler_server(_Upstream) as url:
+        yield url
 
 
 @pytest.fixture
-def proxy(upstream: str) -> Iterator[FaultProxy]:
-    with FaultProxy(upstream) as p:
-        yield p
+def proxy(upstream_proxy: FaultProxy) -> FaultProxy:
+    return upstream_proxy
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ Must not know about datasets, plans or local files other than its own.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,6 +74,10 @@ class ObjectInfo:
         return f"{self.size}:{self.generation or self.etag or self.md5_base64 or ''}"
 
 
+# the URL of a GET and its extra headers
+HttpGet = tuple[str, Mapping[str, str] | None]
+
+
 class Source(abc.ABC):
     """One bucket (or host) on one protocol. Keys are full keys inside the bucket."""
 
@@ -95,6 +99,11 @@ class Source(abc.ABC):
         """The body of `[start, end)` in pieces, as stored. With `pin`, the server must still hold
         that version (ETag / generation), else the read fails rather than splice two versions.
         A missing object raises `RemoteError(status=404)` here: mid-transfer it is an error."""
+
+    def http_get(self, key: str, pin: ObjectInfo | None = None) -> HttpGet | None:
+        """The URL and headers of a GET of `key` (pinned as `stream` pins), for sources reached
+        over HTTP, so a reader of their own can fetch it; `None` for any other source."""
+        return None
 
     @abc.abstractmethod
     def list(self, prefix: str, delimiter: str | None = None) -> AsyncIterator[ObjectInfo | str]:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 import aiohttp
 
 from microns_get.errors import RemoteError
-from microns_get.sources.base import ObjectInfo, Source
+from microns_get.sources.base import HttpGet, ObjectInfo, Source
 from microns_get.sources.http import IDENTITY, HttpTransport, network_error, status_error
 
 LIST_FIELDS = (
@@ -68,9 +68,13 @@ class GcsSource(Source):
     def stream(
         self, key: str, start: int = 0, end: int | None = None, pin: ObjectInfo | None = None
     ) -> AsyncIterator[bytes]:
+        url, headers = self.http_get(key, pin)
+        return self.http.stream(url, start, end, headers)
+
+    def http_get(self, key: str, pin: ObjectInfo | None = None) -> HttpGet:
         # Asking for the planned generation pins the bytes: a replaced object answers 404.
         generation = pin.generation if pin is not None else None
-        return self.http.stream(self.media_url(key, generation), start, end, MEDIA_HEADERS)
+        return self.media_url(key, generation), MEDIA_HEADERS
 
     async def list(self, prefix: str, delimiter: str | None = None):
         token: str | None = None

@@ -17,7 +17,7 @@ import aiohttp
 
 from microns_get import __version__
 from microns_get.errors import RemoteError
-from microns_get.sources.base import ObjectInfo, Source
+from microns_get.sources.base import HttpGet, ObjectInfo, Source
 
 USER_AGENT = f"microns-get/{__version__}"
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -239,7 +239,11 @@ class HttpsSource(Source):
     def stream(
         self, key: str, start: int = 0, end: int | None = None, pin: ObjectInfo | None = None
     ) -> AsyncIterator[bytes]:
-        return self.http.stream(self.url_for(key), start, end, if_match(pin))
+        url, headers = self.http_get(key, pin)
+        return self.http.stream(url, start, end, headers)
+
+    def http_get(self, key: str, pin: ObjectInfo | None = None) -> HttpGet:
+        return self.url_for(key), if_match(pin)
 
     async def list(self, prefix: str, delimiter: str | None = None):
         info = await self.stat(prefix)

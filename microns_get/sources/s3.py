@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote, urlencode
 import aiohttp
 
 from microns_get.errors import RemoteError
-from microns_get.sources.base import ObjectInfo, Source
+from microns_get.sources.base import HttpGet, ObjectInfo, Source
 from microns_get.sources.http import (
     IDENTITY,
     HttpTransport,
@@ -106,8 +106,12 @@ class S3Source(Source):
     def stream(
         self, key: str, start: int = 0, end: int | None = None, pin: ObjectInfo | None = None
     ) -> AsyncIterator[bytes]:
+        url, headers = self.http_get(key, pin)
+        return self.http.stream(url, start, end, headers)
+
+    def http_get(self, key: str, pin: ObjectInfo | None = None) -> HttpGet:
         # If-Match pins the bytes to the version we planned with: never splice two versions.
-        return self.http.stream(self.url_for(key), start, end, if_match(pin))
+        return self.url_for(key), if_match(pin)
 
     async def list(self, prefix: str, delimiter: str | None = None):
         token: str | None = None

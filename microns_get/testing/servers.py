@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -169,6 +171,27 @@ def static_http_server(root: Path) -> Iterator[str]:
     """A plain HTTP base URL serving the files under `root`."""
     with _running(partial(_spawn_static, Path(root).resolve())) as url:
         yield url
+
+
+class _QuietThreadingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 stalls parallel connects for a second
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # fault tests cut connections on purpose
+
+
+@contextmanager
+def handler_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An in-process HTTP server on 127.0.0.1 with a test's own handler; yields its base URL."""
+    server = _QuietThreadingServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def public_read_policy(bucket: str) -> str:

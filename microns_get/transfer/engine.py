@@ -28,11 +28,13 @@ from microns_get.errors import RemoteError, VerificationFailed
 from microns_get.plan.model import Plan, PlanItem, RemoteCopy
 from microns_get.plan.objects import copy_from_listing
 from microns_get.sources import CloudPath, Source, open_source
+from microns_get.sources.direct import DirectReader
 from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.transfer.health import MirrorHealth
 from microns_get.transfer.parts import ObjectChanged, PartFetcher, all_or_cancel, expected_info
 from microns_get.transfer.requests import Requester
+from microns_get.transfer.small import SmallJob, SmallObjects
 from microns_get.verify.digests import StreamHasher, verify_object
 
 ATTEMPTS_PER_MIRROR = 3  # whole-item attempts (after a checksum mismatch or a changed object)
@@ -46,6 +48,12 @@ def content_identity(copy: RemoteCopy) -> str:
     if copy.md5_base64:
         return f"{copy.size}:md5={copy.md5_base64}"
     return f"{copy.size}:{copy.provider}={copy.generation or copy.etag or ''}"
+
+
+def new_hasher(copy: RemoteCopy) -> StreamHasher:
+    """Only the digests the remote declared (an S3 ETag may be an MD5): hashing costs."""
+    want_md5 = bool(copy.md5_base64 or (copy.etag and not copy.crc32c_base64))
+    return StreamHasher(md5=want_md5, crc32c=bool(copy.crc32c_base64))
 
 
 @dataclass
@@ -84,6 +92,8 @@ class Engine:
         self.requester = Requester(settings, self.health, emit)
         self.requests = asyncio.Semaphore(settings.jobs)
         self.parts = PartFetcher(self)
+        # large objects over HTTP are read on threads of their own (see sources.direct)
+        self.direct = DirectReader(settings.jobs, settings.timeout)
         self.tally = Tally()
         self.plan_id = ""
         self._sources: dict[tuple[str, str], Source] = {}
@@ -98,15 +108,19 @@ class Engine:
         self.plan_id = plan_json["plan_id"]
         self.store.save_plan(self.plan_id, dict(plan.request), plan_json)
         self.emit(ev.RunStarted(self.plan_id, len(plan.items), plan.total_bytes, plan.mirror, 0))
-        queue: asyncio.Queue[PlanItem] = asyncio.Queue()
-        for item in plan.items:
-            queue.put_nowait(item)
-        workers = max(1, min(self.settings.jobs, len(plan.items)))
+        fast, rest = self._split_small(plan)
+        small = SmallObjects(self.direct, self.settings.jobs, self._land_job, self._small_done)
         try:
-            await all_or_cancel([self._worker(queue, plan) for _ in range(workers)])
+            handed_back, _ = await all_or_cancel([small.run(fast), self._work_through(rest, plan)])
+            for job, error in handed_back:
+                if error:  # it is tried again on the ordinary path: that is a retry
+                    self.tally.retries += 1
+                    self.emit(ev.Retrying(job.copy.url, error))
+            await self._work_through([job.item for job, _ in handed_back], plan)
         finally:
             self._flush()
             await asyncio.to_thread(files.sync_dirs, sorted(self._dirs))
+            await asyncio.to_thread(self.direct.close)
         return self._report(started)
 
     def _report(self, started: float) -> ev.RunFinished:
@@ -126,6 +140,14 @@ class Engine:
         self.emit(event)
         return event
 
+    async def _work_through(self, items: list[PlanItem], plan: Plan) -> None:
+        """The ordinary path: every item with retries, failover and refetching."""
+        queue: asyncio.Queue[PlanItem] = asyncio.Queue()
+        for item in items:
+            queue.put_nowait(item)
+        workers = min(self.settings.jobs, len(items))
+        await all_or_cancel([self._worker(queue, plan) for _ in range(workers)])
+
     async def _worker(self, queue: asyncio.Queue[PlanItem], plan: Plan) -> None:
         while not queue.empty():
             item = queue.get_nowait()
@@ -134,6 +156,48 @@ class Engine:
     def moved(self, path: str, n: int) -> None:
         self.tally.bytes_moved += n
         self.emit(ev.BytesMoved(path, n))
+
+    # -- small objects on the fast path (see transfer.small) ----------------------------------
+    def _split_small(self, plan: Plan) -> tuple[list[SmallJob], list[PlanItem]]:
+        if self.throttle is not None:  # a bandwidth cap is enforced on the event loop
+            return [], list(plan.items)
+        limit = min(plan.part_size, SMALL_OBJECT)
+        fast: list[SmallJob] = []
+        rest: list[PlanItem] = []
+        for item in plan.items:
+            job = self._small_job(item, limit)
+            if job is None:
+                rest.append(item)
+            else:
+                fast.append(job)
+        return fast, rest
+
+    def _small_job(self, item: PlanItem, limit: int) -> SmallJob | None:
+        """A job for the fast path, or None when the item needs the ordinary path: size not
+        listed, large, over a source not on HTTP, or something already under its name."""
+        copy = self.health.order(item.copies)[0]
+        if not copy.listed or not 0 < (copy.size or 0) <= limit:
+            return None
+        if self.health.is_down(copy.provider):
+            return None
+        final = self.dest / item.path
+        if self._local_size(final) is not None:
+            return None
+        source, key = self._source(copy.url)
+        get = source.http_get(key, expected_info(copy, key))
+        if get is None:
+            return None
+        return SmallJob(item, copy, key, get[0], get[1], final)
+
+    def _land_job(self, job: SmallJob, data: bytes | bytearray) -> tuple[str, str]:
+        return self._land(job.final, data, job.copy, job.key, new_hasher(job.copy))
+
+    def _small_done(self, job: SmallJob, method: str, detail: str) -> None:
+        size = job.copy.size or 0
+        self.health.success(job.copy.provider)
+        self.emit(ev.ItemStarted(job.item.path, size, job.copy.provider, 0, 1))
+        self.moved(job.item.path, size)
+        self._finished_ok(job.item, job.copy, job.final, method, detail)
 
     # -- one item --------------------------------------------------------------------------
     async def _process(self, item: PlanItem, part_size: int) -> None:
@@ -229,20 +293,36 @@ class Engine:
         else:
             method, detail = await self.parts.fetch(item, copy, source, key, final, part_size)
             await asyncio.to_thread(files.finish, final, False)
+        self._finished_ok(item, copy, final, method, detail)
+
+    def _finished_ok(
+        self, item: PlanItem, copy: RemoteCopy, final: Path, method: str, detail: str
+    ) -> None:
         self._dirs.add(final.parent)
         self._record(item, copy, method)
         self.tally.done += 1
         self.tally.mirrors[copy.provider] += 1
         self.tally.verified_by[method] += 1
-        self.emit(ev.ItemDone(item.path, size, copy.provider, method, detail))
+        self.emit(ev.ItemDone(item.path, copy.size or 0, copy.provider, method, detail))
 
     async def _fetch_small(
         self, item: PlanItem, copy: RemoteCopy, source: Source, key: str, final: Path
     ) -> tuple[str, str]:
         size = copy.size or 0
         self.emit(ev.ItemStarted(item.path, size, copy.provider, 0, 1))
-        want_md5 = bool(copy.md5_base64 or (copy.etag and not copy.crc32c_base64))
         pin = expected_info(copy, key)
+
+        get = source.http_get(key, pin) if self.throttle is None else None
+        if get is not None and size:
+            # Fetched and landed in one step on a reader thread: no event-loop HTTP machinery
+            # and one thread hop per object (see sources.direct).
+            def fetch_and_land() -> tuple[str, str]:
+                data = self.direct.get_bytes(get[0], get[1], size)
+                return self._land(final, data, copy, key, new_hasher(copy))
+
+            result = await self.parts.request(copy, lambda: self.direct.call(fetch_and_land))
+            self.moved(item.path, size)
+            return result
 
         async def attempt() -> bytes:
             pieces: list[bytes] = []
@@ -259,16 +339,15 @@ class Engine:
 
         data = await self.parts.request(copy, attempt)
         self.moved(item.path, len(data))
-        hasher = StreamHasher(md5=want_md5, crc32c=bool(copy.crc32c_base64))
-        return await asyncio.to_thread(self._land, final, data, copy, key, hasher)
+        return await asyncio.to_thread(self._land, final, data, copy, key, new_hasher(copy))
 
     def _land(
-        self, final: Path, data: bytes, copy: RemoteCopy, key: str, hasher: StreamHasher
+        self, final: Path, data: bytes | bytearray, copy: RemoteCopy, key: str, hasher: StreamHasher
     ) -> tuple[str, str]:
         """Hash, write, check and fsync a small object's temp file, and move it to its final
         name (in a worker thread: hashlib and the file calls release the GIL)."""
         hasher.update(data)
-        fd = files.open_temp(final, len(data))
+        fd = files.open_temp(final, len(data), whole=True)
         try:
             files.write_at(fd, data, 0, final)
             if self.verify:

@@ -39,14 +39,22 @@ def wrap_os_error(exc: OSError, path: Path) -> MicronsGetError:
     return LocalWriteError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-def open_temp(final: Path, size: int) -> int:
-    """Open (or reopen, to resume) the temp file and reserve `size` bytes for it."""
+def open_temp(final: Path, size: int, whole: bool = False) -> int:
+    """Open (or reopen, to resume) the temp file and reserve `size` bytes for it. With `whole`
+    the caller writes all of it at once: the file starts empty and nothing is reserved (a
+    reservation costs more than writing a small file, and the write reports a full disk)."""
     temp = temp_path_for(final)
+    flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if whole else 0)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(temp, flags, 0o644)
+        except FileNotFoundError:  # its directory is new: the rare case pays for the mkdir
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, flags, 0o644)
     except OSError as exc:
         raise wrap_os_error(exc, temp) from exc
+    if whole:
+        return fd
     try:
         reserve(fd, size)
     except OSError as exc:
@@ -69,7 +77,7 @@ def reserve(fd: int, size: int) -> None:
             raise
 
 
-def write_at(fd: int, data: bytes, offset: int, path: Path) -> None:
+def write_at(fd: int, data: bytes | bytearray | memoryview, offset: int, path: Path) -> None:
     try:
         view = memoryview(data)
         while view:
@@ -117,9 +125,9 @@ def discard_temp(final: Path) -> None:
         pass
 
 
-def write_file_atomic(final: Path, data: bytes, sync_dir: bool = True) -> None:
+def write_file_atomic(final: Path, data: bytes | bytearray, sync_dir: bool = True) -> None:
     """A small file in one go: temp name, fsync, rename (for chunks, info files, meshes)."""
-    fd = open_temp(final, len(data))
+    fd = open_temp(final, len(data), whole=True)
     try:
         write_at(fd, data, 0, final)
         sync(fd, final)

@@ -100,6 +100,7 @@ class PartFetcher:
         engine = self.engine
         size = copy.size or 0
         part_size, md5_parts = part_size_for(copy, default_part_size)
+        md5_parts = md5_parts and engine.verify  # nothing would check them
         ranges = part_ranges(size, part_size)
         done = engine.begin_parts(item, copy, ranges, final)
         engine.emit(ev.ItemStarted(item.path, size, copy.provider, len(done), len(ranges)))
@@ -120,16 +121,17 @@ class PartFetcher:
         start, end = byte_range
         pin = expected_info(copy, target.key)
 
+        get = target.source.http_get(target.key, pin)
+        direct = engine.direct if engine.throttle is None else None
+
         async def attempt() -> bytes | None:
             hasher = hashlib.md5() if md5 else None
-            position = start
             async with engine.requests:
-                async for chunk in target.source.stream(target.key, start, end, pin=pin):
-                    if engine.throttle is not None:
-                        await engine.throttle(len(chunk))
-                    await asyncio.to_thread(_absorb, target, chunk, position, hasher)
-                    position += len(chunk)
-                    engine.moved(target.path, len(chunk))
+                if direct is not None and get is not None:
+                    sink = self._direct_sink(target, hasher)
+                    position = start + await direct.read(get[0], get[1], start, end, sink)
+                else:
+                    position = await self._stream(target, start, end, pin, hasher)
             if position != end:
                 raise RemoteError(f"short body for {copy.url}", retryable=True)
             await asyncio.to_thread(files.sync, target.fd, target.final)  # durable before "done"
@@ -137,6 +139,30 @@ class PartFetcher:
 
         digest = await self.request(copy, attempt)
         engine.store.part_done(target.path, index, digest)
+
+    def _direct_sink(self, target: Target, hasher: Any) -> Callable[[memoryview, int], None]:
+        """Runs on the reader's thread: write and hash each buffer there, report it to the loop."""
+        loop = asyncio.get_running_loop()
+        moved = self.engine.moved
+
+        def sink(buffer: memoryview, position: int) -> None:
+            _absorb(target, buffer, position, hasher)
+            loop.call_soon_threadsafe(moved, target.path, len(buffer))
+
+        return sink
+
+    async def _stream(
+        self, target: Target, start: int, end: int, pin: ObjectInfo, hasher: Any
+    ) -> int:
+        """The event-loop path: sources not over HTTP, and runs under a bandwidth cap."""
+        engine, position = self.engine, start
+        async for chunk in target.source.stream(target.key, start, end, pin=pin):
+            if engine.throttle is not None:
+                await engine.throttle(len(chunk))
+            await asyncio.to_thread(_absorb, target, chunk, position, hasher)
+            position += len(chunk)
+            engine.moved(target.path, len(chunk))
+        return position
 
     async def request(self, copy: RemoteCopy, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -177,7 +203,7 @@ class PartFetcher:
         return type(result)("s3-multipart-etag", False, f"{result.detail}; fetching again")
 
 
-def _absorb(target: Target, chunk: bytes, position: int, hasher: Any) -> None:
+def _absorb(target: Target, chunk: bytes | memoryview, position: int, hasher: Any) -> None:
     """Write a piece at its offset and hash it (in a worker thread)."""
     files.write_at(target.fd, chunk, position, target.final)
     if hasher is not None:

@@ -1,0 +1,247 @@
+"""Ranged GETs read straight into a reused buffer by a worker thread (the large-object path).
+
+Why not aiohttp here: on the event loop every received piece is a new `bytes` object, joined,
+handed to a thread to be written and hashed, and the loop's one thread does all the receiving.
+For a multi-GiB object that costs more CPU than the hashing itself. Here each part has a thread
+that does `recv_into` a buffer it owns, then `pwrite` and MD5 on the same buffer: all three
+release the GIL, so both cores work, and no piece is copied in Python.
+
+Owns: a small pool of keep-alive `http.client` connections per host, one ranged GET with the
+same status mapping and Content-Range checks as `sources.http` (404 is `MissingObject`; 5xx,
+429, resets and short bodies are retryable), cancellation of a read in flight from another
+thread. Must not retry, hash, write or know about datasets: the caller's `sink` does that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from microns_get.sources.http import (
+    IDENTITY,
+    USER_AGENT,
+    MissingObject,
+    RetryableHttpError,
+    check_content_range,
+    network_error,
+    range_header,
+    status_error,
+)
+
+BUFFER = 1 << 20  # bytes received per `recv_into` round; each is written and hashed at once
+IDLE_PER_HOST = 32  # keep-alive connections kept per host
+
+T = TypeVar("T")
+# (buffer of received bytes, offset of its first byte in the object) -> None
+Sink = Callable[[memoryview, int], None]
+
+
+class Cancelled(Exception):
+    """The read was stopped by `RangeRead.cancel` (its task was cancelled)."""
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (scheme, host:port); thread-safe."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+
+    def take(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        with self._lock:
+            idle = self._idle.get((scheme, netloc))
+            if idle:
+                return idle.pop()
+        if scheme == "https":
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls)
+        return http.client.HTTPConnection(netloc, timeout=self.timeout)
+
+    def give_back(self, scheme: str, netloc: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((scheme, netloc), [])
+            if len(idle) < IDLE_PER_HOST:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._idle = list(self._idle.values()), {}
+        for idle in pools:
+            for conn in idle:
+                conn.close()
+
+
+class RangeRead:
+    """One ranged GET of `[start, end)`, fed to `sink` buffer by buffer; `run` in a thread."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        url: str,
+        headers: Mapping[str, str] | None,
+        start: int,
+        end: int,
+        sink: Sink,
+    ) -> None:
+        self.pool = pool
+        self.url = url
+        self.headers = {
+            **IDENTITY,
+            "User-Agent": USER_AGENT,
+            **(headers or {}),
+            **range_header(start, end),
+        }
+        self.start = start
+        self.end = end
+        self.sink = sink
+        # with `into`, the body is read into it (as many bytes as the range) and `sink` unused
+        self.into: memoryview | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        """Stop the read from another thread: a blocked `recv` returns at once."""
+        self._cancelled.set()
+        with self._lock:
+            conn = self._conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def run(self) -> int:
+        """Read the whole range into the sink; returns the bytes received."""
+        parts = urlsplit(self.url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn = self.pool.take(parts.scheme, parts.netloc)
+        with self._lock:
+            self._conn = conn
+        reusable = False
+        try:
+            received = self._exchange(conn, target or "/")
+            reusable = True
+            return received
+        except (OSError, http.client.HTTPException) as exc:
+            if self._cancelled.is_set():
+                raise Cancelled(self.url) from exc
+            raise network_error(self.url, exc) from exc
+        finally:
+            with self._lock:
+                self._conn = None
+            if reusable and not self._cancelled.is_set():
+                self.pool.give_back(parts.scheme, parts.netloc, conn)
+            else:
+                conn.close()
+
+    def _exchange(self, conn: http.client.HTTPConnection, target: str) -> int:
+        conn.request("GET", target, headers=self.headers)
+        resp = conn.getresponse()
+        if resp.status >= 400:
+            body = resp.read(4096).decode("utf-8", "replace")
+            if resp.status == 404:
+                raise MissingObject(self.url)
+            raise status_error(self.url, resp.status, resp.headers, body)
+        check_content_range(self.url, resp.status, resp.headers, self.start)
+        received = self._drain(resp)
+        if received != self.end - self.start:
+            raise RetryableHttpError(
+                f"short body from {self.url}: {received} of {self.end - self.start} bytes"
+            )
+        # Read past the range: nothing may follow it (a chunked body's last chunk is consumed
+        # here, so the connection can be reused).
+        if not resp.isclosed() and resp.read(1):
+            raise RetryableHttpError(f"body longer than the range asked from {self.url}")
+        return received
+
+    def _drain(self, resp: http.client.HTTPResponse) -> int:
+        want = self.end - self.start
+        into = self.into
+        buffer = into if into is not None else memoryview(bytearray(min(BUFFER, want)))
+        received = 0
+        while received < want:
+            if self._cancelled.is_set():
+                raise Cancelled(self.url)
+            if into is not None:  # straight into the caller's buffer, nothing to hand on
+                n = resp.readinto(into[received : received + BUFFER])
+            else:
+                n = resp.readinto(buffer[: min(BUFFER, want - received)])
+                if n:
+                    self.sink(buffer[:n], self.start + received)
+            if not n:
+                break
+            received += n
+        return received
+
+
+class DirectReader:
+    """Runs `RangeRead`s on its own threads for the event loop; one per run."""
+
+    def __init__(self, workers: int, timeout: float = 60.0) -> None:
+        self.pool = ConnectionPool(timeout)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="range")
+
+    async def read(
+        self, url: str, headers: Mapping[str, str] | None, start: int, end: int, sink: Sink
+    ) -> int:
+        """Feed `[start, end)` to `sink` (on a reader thread); returns the bytes received."""
+        read = RangeRead(self.pool, url, headers, start, end, sink)
+        return await self.call(read.run, read.cancel)
+
+    def get_bytes(self, url: str, headers: Mapping[str, str] | None, size: int) -> bytearray:
+        """The whole `size`-byte object in memory; blocking, for code already on a thread of
+        `call` (a small object is fetched and landed in one thread step)."""
+        body = bytearray(size)
+        read = RangeRead(self.pool, url, headers, 0, size, _unused_sink)
+        read.into = memoryview(body)
+        read.run()
+        return body
+
+    async def call(self, work: Callable[[], T], cancel: Callable[[], None] | None = None) -> T:
+        return await call_on(self.executor, work, cancel)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.pool.close()
+
+
+def _unused_sink(buffer: memoryview, position: int) -> None:
+    raise AssertionError("a read into a buffer has no sink")
+
+
+async def call_on(
+    executor: Executor, work: Callable[[], T], cancel: Callable[[], None] | None = None
+) -> T:
+    """Run `work` on `executor`. If the awaiting task is cancelled, `cancel` is called and the
+    thread is waited for: whatever it writes is written before this returns."""
+    future = asyncio.get_running_loop().run_in_executor(executor, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if cancel is not None:
+            cancel()
+        await _settle(future)
+        raise
+
+
+async def _settle(future: asyncio.Future[Any]) -> None:
+    """Wait until a cancelled read's thread has stopped, whatever else is cancelled meanwhile."""
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            continue
+    future.exception()  # retrieved: it was the cancellation itself, or moot now
