@@ -3,7 +3,8 @@
 curl, all reading the same synthetic objects from the same local servers.
 
     python scripts/bench_transfer.py [--large-size 1G] [--small-count 10000] [--small-size 64K]
-        [--repeat 1] [--tools microns-get,microns-get-tuned,s5cmd,rclone,aws,cloudfiles,curl]
+        [--repeat 1] [--tools microns-get,microns-get-tuned,microns-get-noverify,s5cmd,rclone,
+                           aws,cloudfiles,curl]
         [--workloads large,small] [--out scripts/bench_results/]
 
 Workloads (random bytes, generated once, uploaded once with s5cmd into SeaweedFS under the real
@@ -58,7 +59,8 @@ WORKLOADS = {
     "large": ("structural-stacks", f"{ROOT}/two_photon_structural_stacks/", "", ".tif"),
     "small": ("stimulus-movies", f"{ROOT}/stimulus_movies/", "bench_small/", ".avi"),
 }
-ALL_TOOLS = ("microns-get", "microns-get-tuned", "s5cmd", "rclone", "aws", "cloudfiles", "curl")
+MICRONS_GET_VARIANTS = ("microns-get", "microns-get-tuned", "microns-get-noverify")
+ALL_TOOLS = (*MICRONS_GET_VARIANTS, "s5cmd", "rclone", "aws", "cloudfiles", "curl")
 # large: parts the size of the upload's parts (8 MiB), so the multipart ETag is checked from the
 # part MD5s hashed while streaming instead of re-reading the file; small: more requests in flight
 DEFAULT_TUNED = {"large": "--jobs 8 --part-size 8M", "small": "--jobs 32"}
@@ -161,7 +163,7 @@ def tool_command(
     """argv and environment for `tool` fetching `work` into `dest`; None if not applicable."""
     env = dict(ctx.base_env)
     s3_url = f"s3://{BUCKET}/{work.prefix}"
-    if tool in ("microns-get", "microns-get-tuned"):
+    if tool in MICRONS_GET_VARIANTS:
         env["MICRONS_GET_S3_ENDPOINT"] = ctx.endpoint
         argv = [
             sys.executable,
@@ -177,6 +179,8 @@ def tool_command(
         ]
         if tool == "microns-get-tuned":
             argv += ctx.tuned[work.name].split()
+        if tool == "microns-get-noverify":  # like s5cmd, rclone and curl here: no checksum
+            argv += ["--no-verify"]
         return argv, env
     if tool == "s5cmd":
         return [
@@ -581,7 +585,7 @@ def target_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     checks = []
     for name, res in results.items():
         rows = {r["tool"]: r for r in res["rows"]}
-        for mg in ("microns-get", "microns-get-tuned"):
+        for mg in MICRONS_GET_VARIANTS:
             mine = rows.get(mg, {}).get("seconds")
             if not mine:
                 continue
