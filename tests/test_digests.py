@@ -7,6 +7,7 @@ import hashlib
 import random
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 from microns_get.errors import VerificationFailed
@@ -18,12 +19,14 @@ from microns_get.verify.digests import (
     PartDigester,
     StreamHasher,
     candidate_part_sizes,
+    crc32c_combine,
     etag_md5_base64,
     hash_file,
     multipart_count,
     multipart_etag,
     parse_etag,
     part_md5s,
+    verify_crc32c_parts,
     verify_object,
 )
 
@@ -348,3 +351,30 @@ def test_multipart_with_unknown_part_size_is_size_only(write) -> None:
     assert (result.method, result.ok) == ("size-only", True)
     assert "8 MiB" not in result.detail  # 8 MiB gives 2 parts, not 3: never tried
     assert "5 MiB" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("len_a", "len_b"), [(0, 5), (5, 0), (1, 1), (1000, 77_777), (3 << 20, 123)]
+)
+def test_crc32c_combine_equals_the_crc32c_of_the_concatenation(len_a: int, len_b: int) -> None:
+    rng = random.Random(len_a * 31 + len_b)
+    a, b = rng.randbytes(len_a), rng.randbytes(len_b)
+    combined = crc32c_combine(google_crc32c.value(a), google_crc32c.value(b), len_b)
+    assert combined == google_crc32c.value(a + b)
+
+
+def test_object_crc32c_from_parts_and_a_wrong_part_is_caught() -> None:
+    rng = random.Random(5)
+    parts = [rng.randbytes(n) for n in (1 << 20, 1 << 20, 4321)]
+    whole = b"".join(parts)
+    expected = ObjectInfo(
+        key="k",
+        size=len(whole),
+        crc32c_base64=base64.b64encode(google_crc32c.Checksum(whole).digest()).decode(),
+    )
+    digests = [google_crc32c.Checksum(p).digest() for p in parts]
+    lengths = [len(p) for p in parts]
+    assert verify_crc32c_parts(expected, digests, lengths).ok
+    bad = [digests[0], google_crc32c.Checksum(parts[1][:-1] + b"x").digest(), digests[2]]
+    assert not verify_crc32c_parts(expected, bad, lengths).ok
+    assert verify_crc32c_parts(expected, [digests[0], None, digests[2]], lengths) is None

@@ -146,3 +146,21 @@ def test_cutouts_read_from_the_measured_fastest_mirror(proxies, tmp_path, capsys
     gcs.add_rule(FaultRule("delay", seconds=0.3))
     assert run(["fetch", "em", *box, "--dry-run", "--json", "--dest", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["layer_url"].startswith("s3://")
+
+
+def test_gcs_objects_in_parts_verify_from_the_parts_crc32cs(
+    proxies, mini_microns, tmp_path, capsys
+):
+    """Parts hashed with CRC32C as they stream combine into the object's CRC32C: no second read.
+    A flipped byte in one part is caught by that check and the object is fetched again."""
+    _, gcs = proxies
+    flip = gcs.add_rule(FaultRule("flip_byte", at=100, only_ranged=True, times=1))
+    argv = ["fetch", "em", "--volume", "minnie35", "--mirror", "gcs", "--part-size", "32K"]
+    assert run([*argv, "--dest", str(tmp_path), "--json"]) == 0
+    done = last_event(capsys)
+    assert flip.fired == 1 and done["retries"] >= 1
+    prefix = "minnie/minnie35/em/"
+    expected = seed_tree(mini_microns, "iarpa_microns", prefix, "iarpa_microns/" + prefix)
+    assert local_files(tmp_path) == expected
+    in_parts = [k for k, data in expected.items() if len(data) > 32 << 10]
+    assert in_parts and done["verified_by"]["crc32c"] == len(in_parts)

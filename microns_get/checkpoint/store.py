@@ -304,7 +304,8 @@ class CheckpointStore:
         return {i for i, (_, _, done) in enumerate(rows) if done}
 
     def part_done(self, item_id: str, idx: int, md5: bytes | None) -> None:
-        """Mark part `idx` finished (its bytes already flushed by the caller); durable on return."""
+        """Mark part `idx` finished (its bytes already flushed by the caller); durable on return.
+        `md5` is the part's digest as the engine hashed it: MD5, or a 4-byte CRC32C."""
         with self._write() as db:
             cur = db.execute(
                 'SELECT "end" - start, done FROM parts WHERE item_id = ? AND idx = ?',
@@ -325,7 +326,8 @@ class CheckpointStore:
                 )
 
     def part_digests(self, item_id: str) -> list[bytes | None]:
-        """The MD5 recorded for each part, in index order (None where unknown or unfinished)."""
+        """The digest recorded for each part (MD5 or CRC32C), in index order (None where
+        unknown or unfinished)."""
         rows = self._db.execute(
             "SELECT md5, done FROM parts WHERE item_id = ? ORDER BY idx", (item_id,)
         )

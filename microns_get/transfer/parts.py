@@ -24,9 +24,11 @@ from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.verify.digests import (
     EtagKind,
+    StreamHasher,
     candidate_part_sizes,
     multipart_count,
     parse_etag,
+    verify_crc32c_parts,
     verify_object,
 )
 
@@ -100,7 +102,7 @@ class PartFetcher:
         engine = self.engine
         size = copy.size or 0
         part_size, md5_parts = part_size_for(copy, default_part_size)
-        md5_parts = md5_parts and engine.verify  # nothing would check them
+        check = part_check(copy, md5_parts, engine.verify)
         ranges = part_ranges(size, part_size)
         done = engine.begin_parts(item, copy, ranges, final)
         engine.emit(ev.ItemStarted(item.path, size, copy.provider, len(done), len(ranges)))
@@ -108,14 +110,14 @@ class PartFetcher:
         target = Target(source, key, copy, fd, final, item.path)
         try:
             pending = [i for i in range(len(ranges)) if i not in done]
-            await all_or_cancel([self._part(target, i, ranges[i], md5_parts) for i in pending])
-            digests = engine.store.part_digests(item.path) if md5_parts else None
-            return await asyncio.to_thread(self._verify, target, part_size, digests)
+            await all_or_cancel([self._part(target, i, ranges[i], check) for i in pending])
+            digests = engine.store.part_digests(item.path) if check else None
+            return await asyncio.to_thread(self._verify, target, part_size, ranges, check, digests)
         finally:
             os.close(fd)
 
     async def _part(
-        self, target: Target, index: int, byte_range: tuple[int, int], md5: bool
+        self, target: Target, index: int, byte_range: tuple[int, int], check: str | None
     ) -> None:
         engine, copy = self.engine, target.copy
         start, end = byte_range
@@ -125,7 +127,7 @@ class PartFetcher:
         direct = engine.direct if engine.throttle is None else None
 
         async def attempt() -> bytes | None:
-            hasher = hashlib.md5() if md5 else None
+            hasher = part_hasher(check)
             async with engine.requests:
                 if direct is not None and get is not None:
                     sink = self._direct_sink(target, hasher)
@@ -173,7 +175,12 @@ class PartFetcher:
             raise
 
     def _verify(
-        self, target: Target, part_size: int, digests: list[bytes | None] | None
+        self,
+        target: Target,
+        part_size: int,
+        ranges: Sequence[tuple[int, int]],
+        check: str | None,
+        digests: list[bytes | None] | None,
     ) -> tuple[str, str]:
         """Check the temp file (runs in a worker thread); on success it is synced, not renamed."""
         copy, final = target.copy, target.final
@@ -182,9 +189,14 @@ class PartFetcher:
             if os.path.getsize(temp) != copy.size:
                 raise VerificationFailed(f"{final}: size differs from the remote's")
             return "size-only (--no-verify)", ""
-        by_size = {part_size: digests} if digests is not None else None
-        result = verify_object(temp, expected_info(copy, target.key), None, by_size)
-        if result.ok and result.method == "size-only" and digests is not None:
+        expected = expected_info(copy, target.key)
+        result = None
+        if check == "crc32c" and digests is not None and os.path.getsize(temp) == copy.size:
+            result = verify_crc32c_parts(expected, digests, [b - a for a, b in ranges])
+        if result is None:
+            by_size = {part_size: digests} if check == "md5" and digests is not None else None
+            result = verify_object(temp, expected, None, by_size)
+        if result.ok and result.method == "size-only" and check == "md5" and digests:
             result = self._accept_unverifiable(target, digests, result)
         if not result.ok:
             files.discard_temp(final)  # the next attempt sees no temp file and starts over
@@ -201,6 +213,36 @@ class PartFetcher:
         if previous is not None and previous == list(digests):
             return type(result)("size-only", True, f"{result.detail}; identical on two downloads")
         return type(result)("s3-multipart-etag", False, f"{result.detail}; fetching again")
+
+
+def part_check(copy: RemoteCopy, upload_sized: bool, verify: bool) -> str | None:
+    """What each part is hashed with as it streams, so the object is verified without reading
+    it again: "md5" when parts are the upload's own (S3 multipart ETag), "crc32c" when the
+    remote declares one (GCS: part CRC32Cs combine into the object's), else nothing."""
+    if not verify:
+        return None
+    if upload_sized:
+        return "md5"
+    return "crc32c" if copy.crc32c_base64 else None
+
+
+class _Crc32cHasher:
+    """A part's CRC32C with hashlib's interface (the 4-byte digest is what is recorded)."""
+
+    def __init__(self) -> None:
+        self._hasher = StreamHasher(md5=False, crc32c=True)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(data)
+
+    def digest(self) -> bytes:
+        return self._hasher.crc32c_digest()
+
+
+def part_hasher(check: str | None) -> Any:
+    if check == "md5":
+        return hashlib.md5()
+    return _Crc32cHasher() if check == "crc32c" else None
 
 
 def _absorb(target: Target, chunk: bytes | memoryview, position: int, hasher: Any) -> None:
