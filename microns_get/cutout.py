@@ -2,14 +2,14 @@
 
 Owns: the order of steps (discover -> plan -> run) and where state lives. Discovery is
 `plan.cutout_discover`, the rules are `plan.cutout` (pure), moving bytes is `transfer.chunks`.
+Imports only the cutout path: not the whole-object engine (`microns_get.fetch`), which a cutout
+never runs and every cutout would otherwise pay for at start-up.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from microns_get.catalog import Catalog
 from microns_get.checkpoint import CheckpointStore
@@ -17,6 +17,17 @@ from microns_get.plan.cutout import CutoutPlan, CutoutRequest
 from microns_get.plan.cutout_discover import CutoutPlanner, Layer
 from microns_get.transfer import events as ev
 from microns_get.transfer.chunks import CutoutRunner
+
+if TYPE_CHECKING:
+    import aiohttp
+
+STATE_NAME = "state.sqlite"  # as `fetch.STATE_FILE`: one resume state per destination
+
+
+def state_file(settings: Any) -> Path:
+    """The resume state a cutout shares with `fetch` (`fetch.state_dir(settings) / STATE_FILE`)."""
+    state_dir = settings.state_dir or Path(settings.dest) / ".microns-get"
+    return Path(state_dir) / STATE_NAME
 
 
 async def plan_cutout(
@@ -32,13 +43,12 @@ async def run_cutout(
     emit: ev.Emit = ev.ignore,
     dry_run: bool = False,
 ) -> tuple[CutoutPlan, ev.RunFinished | None]:
-    from microns_get.fetch import STATE_FILE, state_dir
     from microns_get.sources import make_session
 
     async with make_session(settings.jobs, settings.timeout) as session:
         plan, layer = await plan_cutout(session, settings, catalog, request)
         if dry_run:
             return plan, None
-        with CheckpointStore.open(state_dir(settings) / STATE_FILE) as store:
+        with CheckpointStore.open(state_file(settings)) as store:
             runner = CutoutRunner(Path(settings.dest), store, settings, emit)
             return plan, await runner.run(plan, layer)

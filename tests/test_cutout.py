@@ -183,20 +183,15 @@ def test_second_box_adds_and_rerun_moves_nothing(mirror_env, tmp_path, capsys) -
     dest = tmp_path / "dest"
     first = ("13830,13840,14818,13870,13870,14830", (13830, 13840, 14818), (13870, 13870, 14830))
     second = ("13950,13930,14830,14000,13990,14850", (13950, 13930, 14830), (14000, 13990, 14850))
+    # one mirror throughout: with `auto` a loaded machine may rank the other one first, whose
+    # shards have other ETags, and a chunk of another remote version is fetched again
+    args = ("--bbox-resolution", "8,8,40", "--dest", str(dest), "--json", "--mirror", "s3")
     for box, _, _ in (first, second):
-        assert (
-            fetch("em", "--bbox", box, "--bbox-resolution", "8,8,40", "--dest", str(dest), "--json")
-            == 0
-        )
+        assert fetch("em", "--bbox", box, *args) == 0
     for _, lo, hi in (first, second):
         scale_box(mirror_env, *EM65[1:], 0, lo, hi, dest)
     capsys.readouterr()
-    assert (
-        fetch(
-            "em", "--bbox", second[0], "--bbox-resolution", "8,8,40", "--dest", str(dest), "--json"
-        )
-        == 0
-    )
+    assert fetch("em", "--bbox", second[0], *args) == 0
     done = [json.loads(x) for x in capsys.readouterr().out.splitlines()][-1]
     assert done["objects_done"] == 0 and done["bytes_moved"] == 0 and done["objects_skipped"] > 0
 
@@ -380,3 +375,13 @@ def test_long_merged_ranges_are_split_at_chunk_boundaries() -> None:
     assert all(r.end - r.start <= 8 * mib for r in reads)
     assert [c.name for r in reads for c in r.chunks] == sorted(located)
     assert reads[0].start == 4096 and reads[-1].end == 4096 + 40 * mib
+
+
+@pytest.mark.parametrize("state_dir", [None, "/elsewhere/state"], ids=["default", "configured"])
+def test_cutout_keeps_its_resume_state_where_fetch_does(state_dir: str | None) -> None:
+    from microns_get.cutout import state_file
+    from microns_get.fetch import STATE_FILE
+    from microns_get.fetch import state_dir as fetch_state_dir
+
+    settings = type("S", (), {"dest": "/data/dest", "state_dir": state_dir})()
+    assert state_file(settings) == fetch_state_dir(settings) / STATE_FILE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ from microns_get.precomputed.codecs import (
 )
 from microns_get.precomputed.grid import Chunk, chunk_key, chunks_for, grid_shape, scale_bounds
 from microns_get.precomputed.info import Scale, VolumeInfo, parse_volume_info
+from microns_get.precomputed.payload import check_chunk
 from microns_get.precomputed.sharding import (
     CorruptIndex,
     compressed_morton,
@@ -392,3 +394,65 @@ def test_unknown_encoding() -> None:
     scale = Scale("s", SIZE, (8, 8, 40), (0, 0, 0), (CHUNK,), "jxl", None, None)
     with pytest.raises(UnsupportedEncoding, match="'jxl'"):
         decode_chunk(b"\0", scale, "uint8", 1, CHUNK)
+
+
+# --- check_chunk: the decoder's verdict, without numpy for raw chunks ------------------------
+
+
+def _verdict(check, *args) -> str:
+    try:
+        check(*args)
+    except (CorruptChunk, UnsupportedEncoding) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+RAW64 = encode_raw(np.arange(8 * 8 * 4, dtype="uint64").reshape(8, 8, 4))
+
+
+@pytest.mark.parametrize(
+    "payload, encoding, dtype, shape",
+    [
+        (RAW64, "raw", "uint64", CHUNK),
+        (gzip.compress(RAW64), "raw", "uint64", CHUNK),
+        (RAW64, "raw", "uint64", (4, 2, 4)),  # stored padded to the full chunk: accepted
+        (RAW64[:-8], "raw", "uint64", CHUNK),
+        (RAW64, "raw", "uint32", CHUNK),
+        (RAW64, "raw", "UINT64", CHUNK),
+        (gzip.compress(RAW64)[:-3], "raw", "uint64", CHUNK),
+        (b"\0" * 7, "raw", "uint64", CHUNK),
+        (b"\xff\xd8garbage", "jpeg", "uint8", CHUNK),
+        (b"\0", "jxl", "uint8", CHUNK),
+    ],
+    ids=[
+        "raw",
+        "gzipped",
+        "padded-edge",
+        "short",
+        "other-dtype",
+        "upper-case-dtype",
+        "truncated-gzip",
+        "tiny",
+        "jpeg-garbage",
+        "unknown-encoding",
+    ],
+)
+def test_check_chunk_agrees_with_decode_chunk(
+    payload: bytes, encoding: str, dtype: str, shape: tuple
+) -> None:
+    scale = Scale("s", SIZE, (8, 8, 40), (0, 0, 0), (CHUNK,), encoding, None, None)
+    args = (payload, scale, dtype, 1, shape)
+    assert _verdict(check_chunk, *args) == _verdict(decode_chunk, *args)
+
+
+def test_check_chunk_of_a_raw_layer_needs_no_numpy() -> None:
+    code = (
+        "import sys\n"
+        "from microns_get.precomputed.info import Scale\n"
+        "from microns_get.precomputed.payload import check_chunk\n"
+        "scale = Scale('s', (8, 8, 4), (8, 8, 40), (0, 0, 0), ((8, 8, 4),), 'raw', None, None)\n"
+        "check_chunk(bytes(256), scale, 'uint8', 1, (8, 8, 4))\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -3,36 +3,49 @@
 Owns: argument parsing, and the one place where errors become a single stderr line and a
 documented exit code (see `microns_get.errors.ExitCode`). Commands do no work of their own
 beyond calling the catalogue, discovery and the engine, and rendering what comes back.
+
+Start-up: every run pays for what this module imports, so it imports typer and nothing heavy.
+A run builds only the command it was asked for (`_app_for`): the other command modules, and
+the libraries behind them (numpy, aiohttp, rich, the catalogue), are never imported.
 """
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 
 from microns_get import __version__
-from microns_get.catalog import load_catalog
-from microns_get.cli import render
-from microns_get.config import Settings, resolve_settings
 from microns_get.errors import ExitCode, MicronsGetError, exit_code_for
-from microns_get.plan.discover import Discoverer, RemoteFacts
-from microns_get.sources import make_session
 
-app = typer.Typer(
-    name="microns-get",
-    help="Download and mirror the public MICrONS connectomics data.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+if TYPE_CHECKING:
+    from microns_get.config import Settings
+    from microns_get.plan.discover import RemoteFacts
+
+# name -> (module, attribute), in the order `--help` lists them. A typer sub-app ("queue") is
+# registered as a group, the rest as commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": (__name__, "list_datasets"),
+    "info": (__name__, "info"),
+    "config": (__name__, "show_config"),
+    "fetch": ("microns_get.cli.fetch_cmds", "fetch"),
+    "plan": ("microns_get.cli.mirror_cmds", "plan"),  # fetch_cmds.plan plus --queue
+    "mirrors": ("microns_get.cli.fetch_cmds", "mirrors"),
+    "mirror": ("microns_get.cli.mirror_cmds", "mirror"),
+    "sync": ("microns_get.cli.mirror_cmds", "sync"),
+    "worker": ("microns_get.cli.mirror_cmds", "worker"),
+    "queue": ("microns_get.cli.mirror_cmds", "queue_app"),
+    "verify": ("microns_get.cli.local_cmds", "verify"),
+    "preview": ("microns_get.cli.local_cmds", "preview"),
+}
+# Options of the root callback that take a value (`--config PATH`): the command name is the
+# first argument that is neither one of these, nor their value, nor another option.
+ROOT_VALUE_OPTIONS = ("--config", "--s3-endpoint", "--gcs-endpoint", "--http-rewrite")
 
 
 @dataclass
@@ -41,6 +54,8 @@ class CliState:
     flags: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, **command_flags: Any) -> Settings:
+        from microns_get.config import resolve_settings
+
         return resolve_settings({**self.flags, **command_flags}, self.config)
 
 
@@ -54,7 +69,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     ctx: typer.Context,
     config: Annotated[
@@ -85,7 +99,6 @@ def root(
     }
 
 
-@app.command("list")
 def list_datasets(
     volume: Annotated[str | None, typer.Option(help="minnie65 or minnie35.")] = None,
     kind: Annotated[
@@ -94,6 +107,9 @@ def list_datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every dataset in the catalogue: versions, mirrors, declared size and format."""
+    from microns_get.catalog import load_catalog
+    from microns_get.cli import render
+
     datasets = load_catalog().select(volume=volume, kind=kind)
     if as_json:
         render.print_json([d.to_json() for d in datasets])
@@ -101,7 +117,6 @@ def list_datasets(
         render.console.print(render.datasets_table(datasets))
 
 
-@app.command("info")
 def info(
     ctx: typer.Context,
     dataset_id: Annotated[str, typer.Argument(metavar="DATASET", help="Dataset id (see list).")],
@@ -113,6 +128,11 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Catalogue facts plus live facts read from a mirror (remote info, listing, HEAD)."""
+    import asyncio
+
+    from microns_get.catalog import load_catalog
+    from microns_get.cli import render
+
     settings = _state(ctx).settings(mirror=mirror)
     dataset = load_catalog().find(dataset_id, volume)
     chosen = dataset.version(version)
@@ -138,17 +158,21 @@ def info(
 
 
 async def _describe(settings: Settings, dataset: Any, parts: Sequence[Any]) -> list[RemoteFacts]:
+    from microns_get.plan.discover import Discoverer
+    from microns_get.sources import make_session
+
     async with make_session(settings.jobs, settings.timeout) as session:
         discoverer = Discoverer(session, settings)
         return [await discoverer.describe(dataset, p) for p in parts]
 
 
-@app.command("config")
 def show_config(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The resolved settings and where each value came from (flag, env, config file, default)."""
+    from microns_get.cli import render
+
     settings = _state(ctx).settings()
     if as_json:
         render.print_json(render.settings_json(settings))
@@ -156,20 +180,52 @@ def show_config(
         render.console.print(render.settings_table(settings))
 
 
-from microns_get.cli import fetch_cmds, mirror_cmds  # noqa: E402 - registers after `app` exists
+def build_app(names: Sequence[str] | None = None) -> typer.Typer:
+    """The CLI with the named commands (None: all of them), each imported only now."""
+    new = typer.Typer(
+        name="microns-get",
+        help="Download and mirror the public MICrONS connectomics data.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
+    new.callback()(root)
+    for name in COMMANDS if names is None else names:
+        module, attribute = COMMANDS[name]
+        target = getattr(importlib.import_module(module), attribute)
+        if isinstance(target, typer.Typer):
+            new.add_typer(target, name=name)
+        else:
+            new.command(name)(target)
+    return new
 
-app.command("fetch")(fetch_cmds.fetch)
-app.command("plan")(mirror_cmds.plan)  # fetch_cmds.plan plus --queue
-app.command("mirrors")(fetch_cmds.mirrors)
-app.command("mirror")(mirror_cmds.mirror)
-app.command("sync")(mirror_cmds.sync)
-app.command("worker")(mirror_cmds.worker)
-app.add_typer(mirror_cmds.queue_app, name="queue")
 
-from microns_get.cli import local_cmds  # noqa: E402
+def command_name(argv: Sequence[str]) -> str | None:
+    """The command an argument list runs (None: none, e.g. `--help` or `--version`)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            return next(args, None)
+        if arg in ROOT_VALUE_OPTIONS:
+            next(args, None)  # its value
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
-app.command("verify")(local_cmds.verify)
-app.command("preview")(local_cmds.preview)
+
+def _app_for(argv: Sequence[str]) -> typer.Typer:
+    """Only the command that runs; the whole CLI for help, bad names and no command."""
+    name = command_name(argv)
+    return build_app([name] if name in COMMANDS else None)
+
+
+def __getattr__(name: str) -> Any:
+    # `app` (the whole CLI, for callers that embed or inspect it) is built on first use.
+    if name == "app":
+        globals()["app"] = built = build_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fail(message: str, code: int) -> int:
@@ -179,15 +235,12 @@ def _fail(message: str, code: int) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code (errors already reported on stderr)."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        result = app(
-            args=list(argv) if argv is not None else None,
-            standalone_mode=False,
-            prog_name="microns-get",
-        )
-    except (typer.Exit, click.exceptions.Exit) as exc:
+        result = _app_for(args)(args=args, standalone_mode=False, prog_name="microns-get")
+    except typer.Exit as exc:  # with older typer, click's Exit
         return int(getattr(exc, "exit_code", 0) or 0)
-    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         return _fail("interrupted", ExitCode.INTERRUPTED)
     except MicronsGetError as exc:
         return _fail(str(exc), exit_code_for(exc))
@@ -207,4 +260,4 @@ def main() -> None:
     sys.exit(run())
 
 
-__all__ = ["app", "main", "run"]
+__all__ = ["app", "build_app", "main", "run"]  # noqa: F822 - `app` comes from __getattr__

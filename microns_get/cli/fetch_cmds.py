@@ -1,29 +1,23 @@
 """`fetch`, `plan` and `mirrors`: thin commands over `microns_get.fetch`.
 
 Owns: their flags and output. Bad input is reported before anything is written: the state
-directory and DEST are only touched once a plan exists.
+directory and DEST are only touched once a plan exists. What a command runs is imported inside
+it, so each loads only its own libraries (a cutout: neither the segments code nor rich).
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from microns_get.catalog import load_catalog
-from microns_get.cli import render
-from microns_get.cli.progress import renderer_for, summary_lines
-from microns_get.cli.segment_cmds import parse_ids, run_segments
-from microns_get.config import Settings
-from microns_get.cutout import run_cutout
 from microns_get.errors import BadInput, ExitCode
-from microns_get.fetch import FetchRequest, PlannedFetch, Planner, plan_fetch, run_fetch
-from microns_get.plan.cutout import CutoutRequest
-from microns_get.plan.discover import select_mirrors
-from microns_get.sources import make_session
+
+if TYPE_CHECKING:
+    from microns_get.config import Settings
+    from microns_get.fetch import FetchRequest, PlannedFetch
+    from microns_get.plan.cutout import CutoutRequest
 
 Volume = Annotated[str | None, typer.Option(help="minnie65 (default) or minnie35.")]
 Version = Annotated[str | None, typer.Option(help="Version (default: newest).")]
@@ -57,6 +51,7 @@ NucleiOpt = Annotated[
 def _cutout_request(
     dataset: str, volume, version, bbox: str, bbox_resolution, bbox_units, mip, resolution
 ) -> CutoutRequest:  # noqa: ANN001
+    from microns_get.plan.cutout import CutoutRequest
     from microns_get.precomputed.grid import NM, TABLE_RESOLUTION, parse_resolution
 
     if bbox_units is not None and bbox_units.strip().lower() != "nm":
@@ -80,6 +75,12 @@ def _cutout_request(
 def _cutout(
     settings: Settings, request: CutoutRequest, dry_run: bool, as_json: bool, quiet: bool
 ) -> None:
+    import asyncio
+
+    from microns_get.catalog import load_catalog
+    from microns_get.cli.progress import renderer_for, summary_lines
+    from microns_get.cutout import run_cutout
+
     catalog = load_catalog()
     if dry_run:
         plan, _ = asyncio.run(run_cutout(settings, catalog, request, dry_run=True))
@@ -98,6 +99,8 @@ def _cutout(
 
 
 def _print_cutout_plan(plan: Any, as_json: bool) -> None:
+    from microns_get.cli import render
+
     data = plan.to_json()
     if as_json:
         render.print_json(data)
@@ -126,6 +129,8 @@ def _print_cutout_plan(plan: Any, as_json: bool) -> None:
 
 
 def _request(dataset: str, volume, version, part, include, exclude) -> FetchRequest:  # noqa: ANN001
+    from microns_get.fetch import FetchRequest
+
     return FetchRequest(
         dataset=dataset,
         volume=volume,
@@ -158,6 +163,8 @@ def plan_summary(planned: PlannedFetch, settings: Settings) -> dict[str, Any]:
 
 
 def print_plan_summary(summary: dict[str, Any]) -> None:
+    from microns_get.cli import render
+
     render.console.print(
         f"plan {summary['plan_id']}: {summary['objects']} objects, "
         f"{summary['bytes']} bytes ({render.human_bytes(summary['bytes'])}) "
@@ -200,6 +207,8 @@ def fetch(
     skeletons of chosen segments."""
     settings = _settings(ctx, dest=dest, jobs=jobs, part_size=part_size, mirror=mirror)
     if segments is not None or nuclei is not None:
+        from microns_get.cli.segment_cmds import parse_ids, run_segments
+
         request = {
             "dataset": dataset,
             "volume": volume,
@@ -218,6 +227,24 @@ def fetch(
         _cutout(settings, cutout, dry_run, as_json, quiet)
         return
     request = _request(dataset, volume, version, part, include, exclude)
+    _fetch_objects(settings, request, dry_run, as_json, quiet, verify=not no_verify)
+
+
+def _fetch_objects(
+    settings: Settings,
+    request: FetchRequest,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    verify: bool,
+) -> None:
+    import asyncio
+
+    from microns_get.catalog import load_catalog
+    from microns_get.cli import render
+    from microns_get.cli.progress import renderer_for, summary_lines
+    from microns_get.fetch import plan_fetch, run_fetch
+
     catalog = load_catalog()
     if dry_run:
         planned = asyncio.run(plan_fetch(settings, catalog, request))
@@ -225,7 +252,7 @@ def fetch(
         render.print_json(summary) if as_json else print_plan_summary(summary)
         return
     with renderer_for(as_json, quiet) as emit:
-        _, finished = asyncio.run(run_fetch(settings, catalog, request, emit, not no_verify))
+        _, finished = asyncio.run(run_fetch(settings, catalog, request, emit, verify))
     if not as_json:
         for line in summary_lines(finished):
             typer.echo(line, err=True)
@@ -254,14 +281,23 @@ def plan(
 ) -> None:
     """Print the plan a fetch would run (objects or chunks, requests, bytes, mirror); moves
     nothing."""
+    import asyncio
+
+    from microns_get.catalog import load_catalog
+    from microns_get.cli import render
+
     settings = _settings(ctx, dest=dest, part_size=part_size, mirror=mirror)
     if bbox is not None:
+        from microns_get.cutout import run_cutout
+
         cutout = _cutout_request(
             dataset, volume, version, bbox, bbox_resolution, bbox_units, mip, resolution
         )
         plan_, _ = asyncio.run(run_cutout(settings, load_catalog(), cutout, dry_run=True))
         _print_cutout_plan(plan_, as_json)
         return
+    from microns_get.fetch import plan_fetch
+
     request = _request(dataset, volume, version, part, include, exclude)
     planned = asyncio.run(plan_fetch(settings, load_catalog(), request))
     if as_json:
@@ -281,6 +317,12 @@ def mirrors(
     as_json: Json = False,
 ) -> None:
     """Probe each mirror of a dataset (latency, throughput) and rank them."""
+    import asyncio
+
+    from rich.table import Table
+
+    from microns_get.cli import render
+
     settings = _settings(ctx)
     request = _request(dataset, volume, version, part, None, None)
     probes = asyncio.run(_probe_all(settings, request))
@@ -298,7 +340,10 @@ def mirrors(
 
 
 async def _probe_all(settings: Settings, request: FetchRequest) -> list[Any]:
-    from microns_get.fetch import selected_parts
+    from microns_get.catalog import load_catalog
+    from microns_get.fetch import Planner, selected_parts
+    from microns_get.plan.discover import select_mirrors
+    from microns_get.sources import make_session
 
     dataset = load_catalog().find(request.dataset, request.volume)
     async with make_session(settings.jobs, settings.timeout) as session:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from microns_get.cli import render
 from microns_get.errors import ExitCode
-from microns_get.preview import render_preview
-from microns_get.verify.local import Report, verify_path
+
+if TYPE_CHECKING:
+    from microns_get.verify.local import Report
 
 PathArg = Annotated[
     Path, typer.Argument(metavar="PATH", help="A layer directory, a DEST, or one file.")
@@ -35,6 +33,9 @@ def verify(
 ) -> None:
     """Check fetched data on disk: info schemas, expected chunks present and decoding, shard
     indexes, recorded sizes and checksums. Exit 4 when anything is wrong."""
+    from microns_get.cli import render
+    from microns_get.verify.local import verify_path
+
     report = verify_path(path, checksums=checksums)
     if as_json:
         render.print_json(report.to_json())
@@ -62,6 +63,11 @@ def print_lines(report: Report) -> None:
 
 
 def print_table(report: Report) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from microns_get.cli import render
+
     if report.findings:
         table = Table(title=f"findings under {report.root}")
         for name in ("", "kind", "path", "what is wrong"):
@@ -94,5 +100,7 @@ def preview(
 ) -> None:
     """Write a PNG of one z section of a fetched image layer, over the fetched extent,
     optionally with a segmentation's labels in colour."""
+    from microns_get.preview import render_preview
+
     shown = render_preview(path, out, z=z, scale_key=scale, mip=mip, seg_path=seg)
     typer.echo(shown.describe())

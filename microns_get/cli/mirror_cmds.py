@@ -4,25 +4,22 @@
 Owns: their flags and how a flag, the jobs file and the settings combine (flag > jobs file >
 settings > default), rendering of mirror events next to the engine's (timestamped plain lines
 off a TTY, bars on one, JSON lines with --json, an appended --log-file), and the exit code of a
-mirror run: the worst of its jobs. Commands do no work of their own.
+mirror run: the worst of its jobs. Commands do no work of their own, and import what they run
+inside themselves (start-up stays cheap for every other command).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from microns_get.catalog import Catalog, load_catalog
-from microns_get.cli import fetch_cmds
 from microns_get.cli.fetch_cmds import (
     BboxOpt,
     BboxRes,
@@ -36,16 +33,16 @@ from microns_get.cli.fetch_cmds import (
     Version,
     Volume,
 )
-from microns_get.cli.progress import PlainLines, RichBars, renderer_for
-from microns_get.config import Settings, parse_size
 from microns_get.errors import BadInput, MicronsGetError
-from microns_get.fetch import FetchRequest, plan_fetch, selected_parts
-from microns_get.mirror import report as rp
-from microns_get.mirror.bandwidth import TokenBucket
-from microns_get.mirror.jobs import Job, load_jobs
-from microns_get.mirror.options import MirrorOptions, bandwidth, mirror_options
-from microns_get.mirror.runner import DestOutcome, run_mirror
-from microns_get.transfer import events as ev
+
+if TYPE_CHECKING:
+    from microns_get.catalog import Catalog
+    from microns_get.config import Settings
+    from microns_get.mirror import report as rp
+    from microns_get.mirror.jobs import Job
+    from microns_get.mirror.options import MirrorOptions
+    from microns_get.mirror.runner import DestOutcome
+    from microns_get.transfer import events as ev
 
 # The parameter is `mirror_` (the command `mirror` owns the name); the flag stays `--mirror`.
 MirrorFlag = Annotated[
@@ -109,6 +106,10 @@ def mirror(
     optionally delete what the remote dropped; a JSON report per run in DEST/.microns-get/reports.
     Exit: 0 ok, 1 items failed or a delete refused, 2 bad jobs file or no space (nothing
     written), 3 DEST locked by another run, 5 a listing failed (nothing deleted)."""
+    from microns_get.catalog import load_catalog
+    from microns_get.mirror.jobs import load_jobs
+    from microns_get.mirror.options import mirror_options
+
     settings = _settings(ctx, jobs=jobs, part_size=part_size, mirror=mirror_)
     catalog = load_catalog()
     parsed = load_jobs(jobs_file, catalog, dest)
@@ -142,6 +143,11 @@ def sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Bring one dataset in DEST up to date: fetch what is new or changed since the last run."""
+    from microns_get.catalog import load_catalog
+    from microns_get.fetch import selected_parts
+    from microns_get.mirror.jobs import Job
+    from microns_get.mirror.options import mirror_options
+
     settings = _settings(ctx, dest=dest, jobs=jobs, part_size=part_size, mirror=mirror_)
     catalog = load_catalog()
     job = Job(
@@ -171,6 +177,11 @@ def _run(
     quiet: bool,
     log_file: Path | None,
 ) -> None:
+    import asyncio
+
+    from microns_get.cli.progress import renderer_for
+    from microns_get.mirror.runner import run_mirror
+
     with _log(log_file) as log, renderer_for(as_json, quiet) as screen:
         emit = MirrorEvents(screen, log, as_json, quiet)
         try:
@@ -216,6 +227,8 @@ def job_line(r: rp.JobResult) -> str:
 
 
 def mirror_text(event: ev.Event) -> str | None:
+    from microns_get.mirror import report as rp
+
     if isinstance(event, rp.JobListed):
         state = "" if event.complete else " (listing incomplete: nothing fetched or deleted)"
         return (
@@ -238,6 +251,8 @@ class MirrorEvents:
     """Engine events go to the usual renderer; mirror events become lines of their own."""
 
     def __init__(self, screen: Any, log: TextIO | None, as_json: bool, quiet: bool) -> None:
+        from microns_get.cli.progress import PlainLines
+
         self.screen = screen
         self.log = log
         self.log_events = PlainLines(out=log) if log is not None else None
@@ -249,6 +264,9 @@ class MirrorEvents:
             _stamp(self.log, text)
 
     def __call__(self, event: ev.Event) -> None:
+        from microns_get.cli.progress import RichBars
+        from microns_get.mirror import report as rp
+
         text = mirror_text(event)
         if self.log_events is not None:
             self.log_events(event) if text is None else self.log_line(text)
@@ -304,6 +322,8 @@ def plan(
     """Print the plan a fetch would run (objects or chunks, requests, bytes, mirror); moves
     nothing. With --queue, split it into tasks for `microns-get worker` on many machines."""
     if queue is None:
+        from microns_get.cli import fetch_cmds
+
         fetch_cmds.plan(
             ctx, dataset, volume=volume, version=version, part=part, include=include,
             exclude=exclude, dest=dest, part_size=part_size, mirror=mirror_, as_json=as_json,
@@ -313,8 +333,13 @@ def plan(
         return
     if bbox is not None:
         raise BadInput("--queue splits whole-object plans; run a --bbox cutout on one machine")
+    import asyncio
+
+    from microns_get.catalog import load_catalog
+    from microns_get.config import parse_size
     from microns_get.distributed.queue import Queue
     from microns_get.distributed.tasks import queue_form, split_plan
+    from microns_get.fetch import FetchRequest, plan_fetch
 
     settings = _settings(ctx, dest=dest, part_size=part_size, mirror=mirror_)
     request = FetchRequest(
@@ -351,8 +376,13 @@ def worker(
     as_json: JsonOpt = False,
 ) -> None:
     """Lease tasks from a queue and run them until the queue is empty (one per node / job)."""
+    import signal
+
+    from microns_get.cli.progress import renderer_for
     from microns_get.distributed.queue import Queue
     from microns_get.distributed.worker import Worker, WorkerConfig
+    from microns_get.mirror.bandwidth import TokenBucket
+    from microns_get.mirror.options import bandwidth
 
     settings = _settings(ctx, jobs=jobs)
     bucket = TokenBucket.for_schedule(bandwidth(settings, None, bwlimit))

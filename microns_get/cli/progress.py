@@ -7,19 +7,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, Any, TextIO
 
 from microns_get.transfer import events as ev
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class JsonLines:
@@ -91,6 +84,17 @@ class RichBars:
     """One bytes bar (rate, ETA) whose label counts objects, for an interactive terminal."""
 
     def __init__(self, console: Console | None = None) -> None:
+        # rich is imported only here: off a terminal (cron, pipes, --json) it is never loaded
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.console = console or Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description}"),

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from microns_get.catalog import Dataset
-from microns_get.config import Settings
-from microns_get.plan.discover import RemoteFacts
+if TYPE_CHECKING:
+    from microns_get.catalog import Dataset
+    from microns_get.config import Settings
+    from microns_get.plan.discover import RemoteFacts
 
 # Off a terminal (pipes, cron logs) rich would wrap at 80 columns; tables read better wider.
 console = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)

@@ -7,24 +7,15 @@ skeletons (the `skeletons` dataset), and turning the result into output and an e
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from microns_get.catalog import load_catalog
-from microns_get.cli import render
 from microns_get.errors import BadInput, ExitCode
-from microns_get.plan.discover import PRECOMPUTED_KINDS
-from microns_get.segments import (
-    SegmentsResult,
-    fetch_segment_meshes,
-    fetch_skeletons,
-    layer_mirror_urls,
-    local_root,
-)
-from microns_get.sources import make_session
+
+if TYPE_CHECKING:
+    from microns_get.segments import SegmentsResult
 
 
 def parse_ids(values: list[str] | None, flag: str) -> list[int]:
@@ -40,6 +31,16 @@ def parse_ids(values: list[str] | None, flag: str) -> list[int]:
 
 
 async def _fetch(settings: Any, request: dict[str, Any]) -> SegmentsResult:
+    from microns_get.catalog import load_catalog
+    from microns_get.plan.discover import PRECOMPUTED_KINDS
+    from microns_get.segments import (
+        fetch_segment_meshes,
+        fetch_skeletons,
+        layer_mirror_urls,
+        local_root,
+    )
+    from microns_get.sources import make_session
+
     dataset = load_catalog().find(request["dataset"], request["volume"])
     version = dataset.version(request["version"])
     dest = Path(settings.dest)
@@ -72,6 +73,10 @@ async def _fetch(settings: Any, request: dict[str, Any]) -> SegmentsResult:
 
 
 def run_segments(settings: Any, request: dict[str, Any], as_json: bool) -> None:
+    import asyncio
+
+    from microns_get.cli import render
+
     if not request["ids"] and not request["nuclei"]:
         raise BadInput("--segments needs at least one id")
     result = asyncio.run(_fetch(settings, request))

@@ -27,7 +27,6 @@ from microns_get.plan.cutout import (
     unsharded_reads,
 )
 from microns_get.plan.discover import PRECOMPUTED_KINDS, select_mirrors
-from microns_get.precomputed.codecs import maybe_gunzip
 from microns_get.precomputed.grid import (
     Box,
     chunk_key,
@@ -36,7 +35,14 @@ from microns_get.precomputed.grid import (
     select_scales,
     to_scale,
 )
-from microns_get.precomputed.info import Scale, VolumeInfo, load_json, parse_volume_info
+from microns_get.precomputed.info import (
+    Scale,
+    ShardingSpec,
+    VolumeInfo,
+    load_json,
+    parse_volume_info,
+)
+from microns_get.precomputed.payload import maybe_gunzip
 from microns_get.precomputed.sharding import (
     ChunkRange,
     decode_minishard_index,
@@ -184,35 +190,57 @@ class CutoutPlanner:
         spec = scale.sharding
         assert spec is not None
         members = [name for group in minishards.values() for name, _ in group]
-        stat = await self.call(layer, key, lambda: layer.source.stat(layer.key(key)))
-        out.index_requests += 1
+        # The HEAD and the shard index together: one round trip, not two, before the
+        # minishard indexes (a missing shard answers both with "missing").
+        stat, index = await asyncio.gather(
+            self.call(layer, key, lambda: layer.source.stat(layer.key(key))),
+            self.call(layer, key, lambda: layer.source.read(layer.key(key), 0, index_length(spec))),
+        )
+        out.index_requests += 2
         if stat is None:  # a missing shard is empty space
             out.absent.extend(members)
             return
+        if index is None:
+            raise RemoteError(f"{layer.url(key)} vanished while its index was read", status=404)
+        out.index_bytes += len(index)
         out.identity[key] = stat.generation or stat.etag or ""
-        index = await self._read(layer, key, 0, index_length(spec), out)
         entries = decode_shard_index(index, spec)
-        located: dict[str, ChunkRange] = {}
-        for minishard, group in sorted(minishards.items()):
-            if entries[minishard][0] == entries[minishard][1]:
-                out.absent.extend(name for name, _ in group)
-                continue
-            start, end = minishard_index_range(spec, entries[minishard], stat.size)
-            ranges = decode_minishard_index(
-                await self._read(layer, key, start, end, out), spec, stat.size
-            )
-            by_id = {r.chunk_id: r for r in ranges}
-            for name, chunk_id in group:
-                if chunk_id in by_id:
-                    located[name] = by_id[chunk_id]
-                else:
-                    out.absent.append(name)
+        located = await self._locate(layer, spec, key, stat.size, entries, minishards, out)
         if located:
             gzip_data = spec.data_encoding == "gzip"
             cost = self.settings.request_cost
             reads, choice = sharded_reads(key, located, stat.size, gzip_data, cost)
             out.reads.extend(reads)
             out.shards.append(choice)
+
+    async def _locate(
+        self,
+        layer: Layer,
+        spec: ShardingSpec,
+        key: str,
+        shard_size: int,
+        entries: list[tuple[int, int]],
+        minishards: dict[int, list[tuple[str, int]]],
+        out: ScalePlan,
+    ) -> dict[str, ChunkRange]:
+        """Where each wanted chunk sits in the shard, from its minishard indexes (read at once);
+        chunks no index lists are absent."""
+        wanted = sorted(m for m in minishards if entries[m][0] != entries[m][1])
+        for m in sorted(set(minishards) - set(wanted)):
+            out.absent.extend(name for name, _ in minishards[m])
+        ranges = [minishard_index_range(spec, entries[m], shard_size) for m in wanted]
+        indexes = await asyncio.gather(
+            *(self._read(layer, key, start, end, out) for start, end in ranges)
+        )
+        located: dict[str, ChunkRange] = {}
+        for m, data in zip(wanted, indexes):
+            by_id = {r.chunk_id: r for r in decode_minishard_index(data, spec, shard_size)}
+            for name, chunk_id in minishards[m]:
+                if chunk_id in by_id:
+                    located[name] = by_id[chunk_id]
+                else:
+                    out.absent.append(name)
+        return located
 
     async def _read(self, layer: Layer, key: str, start: int, end: int, out: ScalePlan) -> bytes:
         data = await self.call(layer, key, lambda: layer.source.read(layer.key(key), start, end))

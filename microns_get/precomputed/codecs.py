@@ -1,9 +1,10 @@
 """Decode precomputed chunk payloads to arrays (for verification and previews); encode raw chunks.
 
 Owns: the chunk encodings of volume.md (`raw`, `compressed_segmentation`, `jpeg`), undoing a gzip
-wrapper (sharded `data_encoding: gzip`, `.gz` files, `Content-Encoding: gzip` objects), and the
-structural checks that keep a corrupt payload from being decoded into garbage (or crashing a C
-decoder). Arrays are (x, y, z, channel) with Fortran-order semantics (x fastest).
+wrapper (sharded `data_encoding: gzip`, `.gz` files, `Content-Encoding: gzip` objects; the
+numpy-free part of this, and the errors, live in `payload`), and the structural checks that keep
+a corrupt payload from being decoded into garbage (or crashing a C decoder). Arrays are
+(x, y, z, channel) with Fortran-order semantics (x fastest).
 Must not: do I/O or know where a chunk lives (`grid.py`, `sharding.py`).
 
 Libraries: `compressed_segmentation` (seung-lab) decodes compressed_segmentation one channel at a
@@ -15,48 +16,32 @@ whichever is installed. Both are imported lazily so the rest of the tool works w
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from microns_get.errors import MicronsGetError, VerificationFailed
 from microns_get.precomputed.info import Scale
+from microns_get.precomputed.payload import (
+    GZIP_MAGIC,
+    CorruptChunk,
+    UnsupportedEncoding,
+    maybe_gunzip,
+)
 
 Shape = tuple[int, int, int]
 Decoder = Callable[[bytes, Shape, Scale, np.dtype, int], np.ndarray]
 
-GZIP_MAGIC = b"\x1f\x8b"
 _CSEG_BITS = (0, 1, 2, 4, 8, 16, 32)
 
-
-class CorruptChunk(VerificationFailed):
-    """A chunk payload does not decode to the shape and type its `info` promises."""
-
-
-class UnsupportedEncoding(MicronsGetError):
-    """The chunk encoding is not one this tool can decode (or its decoder is not installed)."""
-
-
-def maybe_gunzip(data: bytes) -> bytes:
-    """Undo a gzip wrapper when the bytes carry one; otherwise return them unchanged.
-
-    The magic alone is not proof: a raw uint8 chunk may start with 0x1f 0x8b. Such bytes fail to
-    inflate (or fail the gzip CRC) and are returned as they came, for the codec to judge.
-    """
-    if not data.startswith(GZIP_MAGIC):
-        return data
-    try:
-        inflater = zlib.decompressobj(wbits=31)
-        out = inflater.decompress(data)
-        # Multi-member gzip files (concatenated streams) are legal; keep inflating.
-        while inflater.eof and inflater.unused_data:
-            rest = inflater.unused_data
-            inflater = zlib.decompressobj(wbits=31)
-            out += inflater.decompress(rest)
-        return out if inflater.eof else data
-    except zlib.error:
-        return data
+__all__ = [
+    "GZIP_MAGIC",
+    "CorruptChunk",
+    "UnsupportedEncoding",
+    "decode_chunk",
+    "encode_raw",
+    "maybe_gunzip",
+    "numpy_dtype",
+]
 
 
 def numpy_dtype(data_type: str) -> np.dtype:

@@ -21,14 +21,16 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 import mmh3
-import numpy as np
 
 from microns_get.errors import VerificationFailed
 from microns_get.precomputed import grid
 from microns_get.precomputed.info import Scale, ShardingSpec
+
+if TYPE_CHECKING:  # numpy is imported where arrays are made: cutouts plan without it
+    import numpy as np
 
 _U64 = (1 << 64) - 1
 _ENTRY = struct.Struct("<QQ")
@@ -101,6 +103,8 @@ def compressed_morton(grid_pos: Sequence[int], grid_shape: Sequence[int]) -> int
 
 def compressed_morton_many(grid_pos: np.ndarray, grid_shape: Sequence[int]) -> np.ndarray:
     """Vectorised `compressed_morton` for an (N, 3) array of grid positions; returns uint64[N]."""
+    import numpy as np
+
     pos = np.asarray(grid_pos, dtype=np.uint64).reshape(-1, 3)
     if morton_bits(grid_shape) > 64:
         raise ValueError(f"grid {tuple(grid_shape)} needs more than 64 bits of chunk id")
@@ -201,12 +205,12 @@ def decode_shard_index(data: bytes, spec: ShardingSpec) -> list[tuple[int, int]]
     """The whole shard index -> one `(start, end)` per minishard, relative to the index end."""
     if len(data) != index_length(spec):
         raise CorruptIndex(f"shard index: expected {index_length(spec)} bytes, got {len(data)}")
-    pairs = np.frombuffer(data, dtype="<u8").reshape(-1, 2)
-    bad = np.nonzero(pairs[:, 1] < pairs[:, 0])[0]
-    if bad.size:
-        m = int(bad[0])
-        raise CorruptIndex(f"shard index: minishard {m} ends before it starts {tuple(pairs[m])}")
-    return [(int(s), int(e)) for s, e in pairs.tolist()]
+    values = struct.unpack(f"<{len(data) // 8}Q", data)
+    pairs = list(zip(values[::2], values[1::2]))
+    for m, (start, end) in enumerate(pairs):
+        if end < start:
+            raise CorruptIndex(f"shard index: minishard {m} ends before it starts {start, end}")
+    return pairs
 
 
 def minishard_index_range(
@@ -234,7 +238,9 @@ def decode_minishard_index(
     raw = _gunzip(data, what) if spec.minishard_index_encoding == "gzip" else bytes(data)
     if len(raw) % 24:
         raise CorruptIndex(f"{what}: {len(raw)} bytes is not a multiple of 24")
-    rows = np.frombuffer(raw, dtype="<u8").reshape(3, -1).tolist()
+    n = len(raw) // 24
+    values = struct.unpack(f"<{3 * n}Q", raw)
+    rows = [values[:n], values[n : 2 * n], values[2 * n :]]
     ids = [v & _U64 for v in accumulate(rows[0])]  # ids wrap like neuroglancer's uint64 sum
     ends = list(accumulate(zip(rows[1], rows[2]), lambda end, ds: end + ds[0] + ds[1], initial=0))
     base = index_length(spec)
@@ -334,6 +340,8 @@ def decode_multires_manifest(data: bytes) -> Manifest:
     head = 28 + num_lods * 4 * 5  # lod_scales, vertex_offsets (3 each), num_fragments_per_lod
     if len(data) < head:
         raise CorruptIndex(f"mesh manifest: {len(data)} bytes, too short for {num_lods} lods")
+    import numpy as np
+
     lod_scales = struct.unpack_from(f"<{num_lods}f", data, 28)
     offsets = np.frombuffer(data, "<f4", num_lods * 3, 28 + num_lods * 4).reshape(-1, 3)
     counts = struct.unpack_from(f"<{num_lods}I", data, 28 + num_lods * 16)

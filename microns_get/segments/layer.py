@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from microns_get.errors import BadInput, InfoError, RemoteError, VerificationFailed
-from microns_get.precomputed.codecs import maybe_gunzip
 from microns_get.precomputed.info import AuxInfo, ShardingSpec, parse_aux_info, parse_volume_info
+from microns_get.precomputed.payload import maybe_gunzip
 from microns_get.segments.remote import MirrorDir, local_file, write_atomic
 from microns_get.segments.result import SegmentsResult, Tally
 

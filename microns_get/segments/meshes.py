@@ -24,7 +24,7 @@ import aiohttp
 
 from microns_get.errors import RemoteError, VerificationFailed
 from microns_get.layout import safe_relative
-from microns_get.precomputed.codecs import maybe_gunzip
+from microns_get.precomputed.payload import maybe_gunzip
 from microns_get.precomputed.sharding import decode_multires_manifest
 from microns_get.segments.layer import LEGACY, SHARDED, LayerCopies, RemoteLayer
 from microns_get.segments.layer import write_local_infos as _write_infos

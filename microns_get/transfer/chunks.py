@@ -4,38 +4,69 @@ the checkpoint so a rerun moves nothing already done.
 
 Owns: the local unsharded layer (its `info` and chunk files). Reads stay on the mirror whose
 indexes were read: shard layouts of two mirrors may differ.
+
+Where the time goes: a cutout is many small files. Each chunk is inflated, checked, written to a
+temp name, fsynced, renamed and hashed in one step on a worker thread of the runner's own pool
+(all of these release the GIL, and several fsyncs wait on the disk together); the directory
+fsync that makes the renames durable is done once per directory at the end, not per chunk. A chunk
+whose bytes do not decode is read again (only the chunks still missing), never written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
+import threading
 import time
 import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from microns_get.checkpoint import CheckpointStore, FinishedItem
 from microns_get.errors import BadInput, MicronsGetError, RemoteError
-from microns_get.plan.cutout import CutoutPlan, Read, ScalePlan, incompatible_reason, local_info
+from microns_get.plan.cutout import (
+    ChunkSlice,
+    CutoutPlan,
+    Read,
+    ScalePlan,
+    incompatible_reason,
+    local_info,
+)
 from microns_get.plan.cutout_discover import Layer
-from microns_get.precomputed.codecs import CorruptChunk, decode_chunk, maybe_gunzip
 from microns_get.precomputed.info import Scale, VolumeInfo
+from microns_get.precomputed.payload import CorruptChunk, check_chunk, maybe_gunzip
 from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.transfer.health import MirrorHealth
 from microns_get.transfer.requests import Requester
 
+T = TypeVar("T")
+
 DECODE_ATTEMPTS = 2  # a chunk that does not decode is read once more before it counts as failed
-THREAD_BATCH = 32  # chunks per worker-thread task: zlib, decoders and fsync release the GIL
+WRITERS = 4  # threads that check and write chunks: enough to overlap fsyncs with inflating
+# and hashing on a few cores; more only contend for the GIL between those calls
+MAX_BATCH = 32  # chunks per worker-thread task at most: fewer hops, still spread over WRITERS
 
 
 def chunk_shape(name: str) -> tuple[int, int, int]:
     spans = name.rsplit("/", 1)[-1].split("_")
     lo_hi = [tuple(int(v) for v in span.split("-")) for span in spans]
     return tuple(hi - lo for lo, hi in lo_hi)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Landed:
+    """A chunk written under its final name: its item id, size and MD5."""
+
+    item: str
+    size: int
+    md5: str
 
 
 class CutoutRunner:
@@ -54,6 +85,7 @@ class CutoutRunner:
         self.emit = emit
         self.requester = Requester(settings, MirrorHealth(), emit)
         self.limit = asyncio.Semaphore(settings.jobs)
+        self.pool: ThreadPoolExecutor | None = None
         self.done = self.skipped = self.failed = self.absent = self.bytes_moved = 0
         self.failures: list[str] = []
 
@@ -67,14 +99,23 @@ class CutoutRunner:
         self.emit(ev.RunStarted(plan_json["plan_id"], totals["chunks"], 0, plan.layer_url, 0))
         scales = {s.key: s for s in layer.info.scales}
         self._record_absent(plan, [name for s in plan.scales for name in s.absent])
-        await asyncio.gather(
-            *(
-                self._run_read(plan, layer, scales[s.key], s, read)
-                for s in plan.scales
-                for read in s.reads
+        directories = _make_directories(local, plan)
+        with ThreadPoolExecutor(WRITERS, thread_name_prefix="cutout") as self.pool:
+            _start_threads(self.pool, WRITERS)
+            await asyncio.gather(
+                *(
+                    self._run_read(plan, layer, scales[s.key], s, read)
+                    for s in plan.scales
+                    for read in s.reads
+                )
             )
-        )
+            # the renames of this run, durable once per directory (a rename lost in a crash
+            # only means that chunk is fetched again: done also needs the file to exist)
+            await self._in_pool(files.sync_dirs, directories)
         return self._finished(plan_json["plan_id"], started)
+
+    def _in_pool(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def _finished(self, plan_id: str, started: float) -> ev.RunFinished:
         event = ev.RunFinished(
@@ -129,90 +170,142 @@ class CutoutRunner:
         self.skipped += len(read.chunks) - len(todo)
         if not todo:
             return
+        landing = _Landing(plan, layer, scale, read, identity, todo)
         try:
-            payloads = await self._fetch_payloads(layer, scale, scale_plan.sharded, read, todo)
+            await self._land(landing, scale_plan.sharded)
         except (MicronsGetError, OSError) as exc:
             if isinstance(exc, files.DiskFull):
                 raise
-            self.failed += len(todo)
+            self.failed += len(landing.remaining)
             self.failures.append(f"{layer.url(read.key)}: {exc}")
             self.emit(ev.ItemFailed(read.key, str(exc)))
-            return
-        if payloads is None:  # an unsharded chunk that was never written: background
-            self._record_absent(plan, [chunk.name for chunk in todo])
-            return
-        url, provider = layer.url(read.key), layer.mirror.provider
-        groups = [payloads[i : i + THREAD_BATCH] for i in range(0, len(payloads), THREAD_BATCH)]
+
+    async def _land(self, landing: _Landing, sharded: bool) -> None:
+        """Read, then check and write every chunk still to do; a chunk that does not decode is
+        read again (with the rest of its read) until DECODE_ATTEMPTS run out."""
+        for _ in range(DECODE_ATTEMPTS):
+            data = await self._read(landing.layer, landing.read, sharded)
+            if data is None:  # an unsharded chunk that was never written: background
+                self._record_absent(landing.plan, [chunk.name for chunk in landing.remaining])
+                landing.remaining = []
+                return
+            corrupt = await self._write_chunks(landing, data)
+            landing.remaining = [chunk for chunk, _ in corrupt]
+            if not corrupt:
+                return
+        raise CorruptChunk(corrupt[0][1])
+
+    async def _read(self, layer: Layer, read: Read, sharded: bool) -> bytes | None:
+        async with self.limit:
+            data = await self.requester(
+                layer.mirror.provider,
+                layer.url(read.key),
+                lambda: layer.source.read(layer.key(read.key), read.start or 0, read.end),
+            )
+        if data is None:
+            if not sharded:
+                return None
+            raise RemoteError(f"{layer.url(read.key)} disappeared since it was planned")
+        self.bytes_moved += len(data)
+        self.emit(ev.BytesMoved(read.key, len(data)))
+        return data
+
+    async def _write_chunks(self, landing: _Landing, data: bytes) -> list[tuple[ChunkSlice, str]]:
+        """The chunks still to do, checked and written on the pool's threads, and recorded;
+        returns those that did not decode, with why."""
+        todo = landing.remaining
+        size = min(MAX_BATCH, -(-len(todo) // WRITERS))
         batches = await asyncio.gather(
-            *(asyncio.to_thread(self._write_chunks, plan, group) for group in groups)
+            *(
+                self._in_pool(self._write_batch, landing, data, todo[i : i + size])
+                for i in range(0, len(todo), size)
+            )
         )
-        written = [entry for batch in batches for entry in batch]
+        self._record_done(landing, [chunk for landed, _ in batches for chunk in landed])
+        return [bad for _, corrupt in batches for bad in corrupt]
+
+    def _write_batch(
+        self, landing: _Landing, data: bytes, chunks: Sequence[ChunkSlice]
+    ) -> tuple[list[Landed], list[tuple[ChunkSlice, str]]]:
+        """Each chunk checked, then under its final name only when complete (a worker thread)."""
+        landed, corrupt = [], []
+        info = landing.layer.info
+        for chunk in chunks:
+            try:
+                body = chunk_payload(data, chunk, landing.read, landing.scale, info)
+            except CorruptChunk as exc:
+                corrupt.append((chunk, str(exc)))
+                continue
+            item = self._item(landing.plan, chunk.name)
+            # the renames are made durable once per directory at the end (`run`)
+            files.write_file_atomic(self.dest / item, body, sync_dir=False)
+            landed.append(Landed(item, len(body), "md5:" + hashlib.md5(body).hexdigest()))
+        return landed, corrupt
+
+    def _record_done(self, landing: _Landing, landed: list[Landed]) -> None:
+        url, provider = landing.layer.url(landing.read.key), landing.layer.mirror.provider
         self.store.items_finished(
-            FinishedItem(item, None, item, url, size, identity, "done", "decoded", provider, md5)
-            for item, size, md5 in written
-        )
-        for item, size, _ in written:
+            FinishedItem(
+                c.item, None, c.item, url, c.size, landing.identity, "done", "decoded", provider,
+                c.md5,
+            )
+            for c in landed
+        )  # fmt: skip
+        for c in landed:
             self.done += 1
-            self.emit(ev.ItemDone(item, size, provider, "decoded"))
+            self.emit(ev.ItemDone(c.item, c.size, provider, "decoded"))
 
-    def _write_chunks(
-        self, plan: CutoutPlan, payloads: list[tuple[Any, bytes]]
-    ) -> list[tuple[str, int, str]]:
-        """Each chunk under its final name only when complete (runs in a worker thread)."""
-        written = []
-        for chunk, payload in payloads:
-            item = self._item(plan, chunk.name)
-            files.write_file_atomic(self.dest / item, payload)
-            written.append((item, len(payload), "md5:" + hashlib.md5(payload).hexdigest()))
-        return written
 
-    async def _fetch_payloads(
-        self, layer: Layer, scale: Scale, sharded: bool, read: Read, todo: list
-    ) -> list[tuple[Any, bytes]] | None:
-        for attempt in range(DECODE_ATTEMPTS):
-            async with self.limit:
-                data = await self.requester(
-                    layer.mirror.provider,
-                    layer.url(read.key),
-                    lambda: layer.source.read(layer.key(read.key), read.start or 0, read.end),
-                )
-            if data is None:
-                if not sharded:
-                    return None
-                raise RemoteError(f"{layer.url(read.key)} disappeared since it was planned")
-            self.bytes_moved += len(data)
-            self.emit(ev.BytesMoved(read.key, len(data)))
-            try:
-                # gunzip + decode checks release the GIL: off the event loop, several threads
-                groups = [todo[i : i + THREAD_BATCH] for i in range(0, len(todo), THREAD_BATCH)]
-                checked = await asyncio.gather(
-                    *(
-                        asyncio.to_thread(self._payloads, data, group, read, scale, layer.info)
-                        for group in groups
-                    )
-                )
-                return [pair for group in checked for pair in group]
-            except CorruptChunk:
-                if attempt == DECODE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+@dataclass
+class _Landing:
+    """One read's chunks on their way to disk; `remaining` shrinks as they land."""
 
-    def _payloads(
-        self, data: bytes, chunks: list, read: Read, scale: Scale, info: VolumeInfo
-    ) -> list[tuple[Any, bytes]]:
-        return [(c, self._payload(data, c, read, scale, info)) for c in chunks]
+    plan: CutoutPlan
+    layer: Layer
+    scale: Scale
+    read: Read
+    identity: str
+    remaining: list[ChunkSlice]
 
-    @staticmethod
-    def _payload(data: bytes, chunk: Any, read: Read, scale: Scale, info: VolumeInfo) -> bytes:
-        body = data if chunk.length is None else data[chunk.offset : chunk.offset + chunk.length]
-        if chunk.length is not None and len(body) != chunk.length:
-            raise CorruptChunk(f"{chunk.name}: short read ({len(body)} of {chunk.length} bytes)")
-        if read.gzip:
-            try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError, zlib.error) as exc:
-                raise CorruptChunk(f"{chunk.name}: gzip data does not inflate ({exc})") from None
-        else:
-            body = maybe_gunzip(body)  # an unsharded chunk stored with Content-Encoding: gzip
-        decode_chunk(body, scale, info.data_type, info.num_channels, chunk_shape(chunk.name))
-        return body
+
+def _start_threads(pool: ThreadPoolExecutor, count: int) -> None:
+    """Start the pool's threads now, while the first reads are in flight. Started on demand
+    they would start while the others inflate and hash, and each start waits for the GIL."""
+    barrier = threading.Barrier(count)
+
+    def arrive() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+
+    for _ in range(count):  # each waits for the others, so every submit needs a new thread
+        pool.submit(arrive)
+
+
+def _make_directories(local: Path, plan: CutoutPlan) -> list[Path]:
+    """The scale directories the chunks land in, made now: the final `files.sync_dirs` then
+    finds each one even when none of its chunks could be written."""
+    directories = sorted({local / s.key for s in plan.scales if s.reads})
+    for directory in directories:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise files.wrap_os_error(exc, directory) from exc
+    return directories
+
+
+def chunk_payload(
+    data: bytes, chunk: ChunkSlice, read: Read, scale: Scale, info: VolumeInfo
+) -> bytes:
+    """A chunk's bytes as stored locally (gzip undone), checked to decode; else `CorruptChunk`."""
+    body = data if chunk.length is None else data[chunk.offset : chunk.offset + chunk.length]
+    if chunk.length is not None and len(body) != chunk.length:
+        raise CorruptChunk(f"{chunk.name}: short read ({len(body)} of {chunk.length} bytes)")
+    if read.gzip:
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise CorruptChunk(f"{chunk.name}: gzip data does not inflate ({exc})") from None
+    else:
+        body = maybe_gunzip(body)  # an unsharded chunk stored with Content-Encoding: gzip
+    check_chunk(body, scale, info.data_type, info.num_channels, chunk_shape(chunk.name))
+    return body
