@@ -8,21 +8,24 @@ timeouts, short bodies); 403 / 404 / 416 are final. Pure policy: the caller does
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from microns_get.errors import RemoteError
 
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
 T = TypeVar("T")
 
-_jitter = wait_random_exponential(multiplier=0.25, max=20)
+
+@cache
+def _jitter() -> Any:
+    # tenacity (and the tornado it imports) loads only when something is retried: most runs
+    # never do, and every run pays for its imports
+    from tenacity import wait_random_exponential
+
+    return wait_random_exponential(multiplier=0.25, max=20)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -35,7 +38,7 @@ def wait_seconds(state: RetryCallState) -> float:
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         return min(float(retry_after), 60.0)
-    return _jitter(state)
+    return _jitter()(state)
 
 
 async def with_retries(
@@ -46,6 +49,8 @@ async def with_retries(
 ) -> T:
     """Run `call` until it succeeds, fails for good, or runs out of attempts. `give_up` is asked
     before each retry (the engine stops retrying a mirror that has been marked down)."""
+
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
     def should_retry(exc: BaseException) -> bool:
         return is_retryable(exc) and not (give_up is not None and give_up())
