@@ -11,7 +11,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,cluster]'
 	touch $(STAMP)
 
+## Also Debian's chromium + chromium-driver for tests/test_neuroglancer.py, where apt-get is there
+## and we are root (about 25 s); otherwise, or if that fails, that test skips.
 install: $(STAMP)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null) \
+	  || echo "chromium not installed: tests/test_neuroglancer.py will skip"; \
+	else echo "no chromium/chromedriver: tests/test_neuroglancer.py will skip"; fi
 
 ## Runs the main job on an embedded default: local S3/GCS/HTTP servers seeded with mini-MICrONS.
 demo: $(STAMP)

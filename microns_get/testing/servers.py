@@ -182,8 +182,9 @@ class _QuietThreadingServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def handler_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """An in-process HTTP server on 127.0.0.1 with a test's own handler; yields its base URL."""
+def handler_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An in-process HTTP server on 127.0.0.1 with a test's own handler (a class, or a partial
+    of one); yields its base URL."""
     server = _QuietThreadingServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
