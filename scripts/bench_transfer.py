@@ -253,15 +253,13 @@ def tool_command(
     raise ValueError(f"unknown tool {tool}")
 
 
-def warm_up(tools: list[str], works: list[Any], ctx: Ctx) -> None:
+def warm_up(tools: list[str], ctx: Ctx) -> None:
     """Untimed: every Python tool's modules compiled once (see PYTHONPYCACHEPREFIX)."""
+    if any(tool.startswith("microns-get") for tool in tools):
+        argv = [sys.executable, "-m", "compileall", "-q", str(REPO / "microns_get")]
+        subprocess.run(argv, env=ctx.base_env, capture_output=True, check=False)
     for tool in tools:
-        if tool.startswith("microns-get"):
-            for work, _, _ in works:
-                argv = [sys.executable, "-m", "microns_get", "fetch", work.dataset, "--dry-run"]
-                env = {**ctx.base_env, "MICRONS_GET_S3_ENDPOINT": ctx.endpoint}
-                subprocess.run([*argv, "--mirror", "s3"], env=env, capture_output=True, check=False)
-        elif tool in ("aws", "cloudfiles"):
+        if tool in ("aws", "cloudfiles"):
             argv = [venv_tool(tool), "--help" if tool == "cloudfiles" else "--version"]
             subprocess.run(argv, env=ctx.base_env, capture_output=True, check=False)
 
@@ -537,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             seaweed.cpu_seconds,
         )
         versions = tool_versions(ctx)
-        warm_up(tools, works, ctx)
+        warm_up(tools, ctx)
 
         results: dict[str, Any] = {}
         for work, _, _ in works:
