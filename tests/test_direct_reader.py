@@ -21,7 +21,8 @@ BLOB = os.urandom(3 * (1 << 20) + 12345)  # several reader buffers and a ragged 
 
 
 class _Upstream(BaseHTTPRequestHandler):
-    """/blob honours Range; /whole ignores it (200, whole body); /chunked answers chunked."""
+    """/blob honours Range; /whole ignores it (200, whole body); /chunked answers chunked;
+    /hangup closes each connection after answering, as a server's idle timeout does."""
 
     protocol_version = "HTTP/1.1"
 
@@ -30,6 +31,10 @@ class _Upstream(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
+        if path == "/hangup":  # answers, then closes the kept-alive connection without a word
+            self._send(200, BLOB[:1000], {})
+            self.close_connection = True
+            return
         if path == "/chunked":
             self._chunked(BLOB[:100_000])
             return
@@ -88,16 +93,23 @@ def test_ranges_arrive_whole_and_in_order(upstream: str) -> None:
 def test_a_connection_is_reused_after_a_complete_body(upstream: str) -> None:
     pool = ConnectionPool(10)
     read(f"{upstream}/blob", 0, 10, pool)
-    first = pool.take("http", upstream.removeprefix("http://"))
+    first, was_idle = pool.take("http", upstream.removeprefix("http://"))
+    assert was_idle
     pool.give_back("http", upstream.removeprefix("http://"), first)
     read(f"{upstream}/blob", 10, 20, pool)
-    assert pool.take("http", upstream.removeprefix("http://")) is first
+    assert pool.take("http", upstream.removeprefix("http://"))[0] is first
 
 
 def test_chunked_body_is_read_and_the_connection_kept(upstream: str) -> None:
     pool = ConnectionPool(10)
     assert read(f"{upstream}/chunked", 0, 100_000, pool) == BLOB[:100_000]
-    assert pool.take("http", upstream.removeprefix("http://")).sock is not None
+    assert pool.take("http", upstream.removeprefix("http://"))[0].sock is not None
+
+
+def test_a_connection_the_server_closed_is_replaced_not_failed(upstream: str) -> None:
+    pool = ConnectionPool(10)
+    for _ in range(3):  # each read after the first finds the pooled connection closed
+        assert read(f"{upstream}/hangup", 0, 1000, pool) == BLOB[:1000]
 
 
 def test_missing_object_is_missing_not_retryable(upstream: str) -> None:

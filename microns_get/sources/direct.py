@@ -43,6 +43,19 @@ T = TypeVar("T")
 Sink = Callable[[memoryview, int], None]
 
 
+# how a kept-alive connection that the server closed fails on its next request
+STALE_ERRORS = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
+
+
+class _StaleConnection(Exception):
+    """The request failed before any answer on a connection that may have gone stale."""
+
+
 class Cancelled(Exception):
     """The read was stopped by `RangeRead.cancel` (its task was cancelled)."""
 
@@ -56,11 +69,16 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
 
-    def take(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def take(self, scheme: str, netloc: str) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection to the host, and whether it was idle in the pool (the server may have
+        closed it since)."""
         with self._lock:
             idle = self._idle.get((scheme, netloc))
             if idle:
-                return idle.pop()
+                return idle.pop(), True
+        return self.new(scheme, netloc), False
+
+    def new(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         if scheme == "https":
             if self._tls is None:
                 self._tls = ssl.create_default_context()
@@ -111,6 +129,7 @@ class RangeRead:
         self._conn: http.client.HTTPConnection | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
+        self._answered = False  # the status line arrived (so a failure is not a stale socket)
 
     def cancel(self) -> None:
         """Stop the read from another thread: a blocked `recv` returns at once."""
@@ -126,30 +145,50 @@ class RangeRead:
     def run(self) -> int:
         """Read the whole range into the sink; returns the bytes received."""
         parts = urlsplit(self.url)
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn = self.pool.take(parts.scheme, parts.netloc)
+        target = (parts.path + (f"?{parts.query}" if parts.query else "")) or "/"
+        conn, was_idle = self.pool.take(parts.scheme, parts.netloc)
+        try:
+            return self._attempt(conn, parts.scheme, parts.netloc, target)
+        except _StaleConnection:
+            # A kept-alive connection the server had closed meanwhile, failing before any byte
+            # of the answer: not a fault of the server, so one fresh connection, not a retry.
+            if not was_idle:
+                raise network_error(self.url, ConnectionError("closed before answering")) from None
+            fresh = self.pool.new(parts.scheme, parts.netloc)
+            try:
+                return self._attempt(fresh, parts.scheme, parts.netloc, target)
+            except _StaleConnection as exc:
+                raise network_error(self.url, exc.__cause__ or exc) from exc
+
+    def _attempt(
+        self, conn: http.client.HTTPConnection, scheme: str, netloc: str, target: str
+    ) -> int:
         with self._lock:
             self._conn = conn
         reusable = False
+        self._answered = False
         try:
-            received = self._exchange(conn, target or "/")
+            received = self._exchange(conn, target)
             reusable = True
             return received
         except (OSError, http.client.HTTPException) as exc:
             if self._cancelled.is_set():
                 raise Cancelled(self.url) from exc
+            if not self._answered and isinstance(exc, STALE_ERRORS):
+                raise _StaleConnection(self.url) from exc
             raise network_error(self.url, exc) from exc
         finally:
             with self._lock:
                 self._conn = None
             if reusable and not self._cancelled.is_set():
-                self.pool.give_back(parts.scheme, parts.netloc, conn)
+                self.pool.give_back(scheme, netloc, conn)
             else:
                 conn.close()
 
     def _exchange(self, conn: http.client.HTTPConnection, target: str) -> int:
         conn.request("GET", target, headers=self.headers)
         resp = conn.getresponse()
+        self._answered = True
         if resp.status >= 400:
             body = resp.read(4096).decode("utf-8", "replace")
             if resp.status == 404:
