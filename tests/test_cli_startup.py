@@ -86,3 +86,10 @@ def test_help_lists_every_command_and_unknown_commands_fail(capsys) -> None:
     assert all(name in out for name in COMMANDS)
     assert run(["nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_a_run_does_not_load_pydantic() -> None:
+    """typer 0.29 builds pydantic validators for every option of the command at each run
+    (~0.2 s of start-up); pyproject pins below it. This fails if an upgrade brings it back."""
+    loaded = modules_after("from microns_get.cli.app import run; run(['list', '--json'])")
+    assert "pydantic" not in loaded
