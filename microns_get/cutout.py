@@ -3,7 +3,8 @@
 Owns: the order of steps (discover -> plan -> run) and where state lives. Discovery is
 `plan.cutout_discover`, the rules are `plan.cutout` (pure), moving bytes is `transfer.chunks`.
 Imports only the cutout path: not the whole-object engine (`microns_get.fetch`), which a cutout
-never runs and every cutout would otherwise pay for at start-up.
+never runs and every cutout would otherwise pay for at start-up, nor aiohttp: its HTTP is the
+thread-based `sources.direct` transport.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from microns_get.transfer import events as ev
 from microns_get.transfer.chunks import CutoutRunner
 
 if TYPE_CHECKING:
-    import aiohttp
+    from microns_get.sources.http import Session
 
 STATE_NAME = "state.sqlite"  # as `fetch.STATE_FILE`: one resume state per destination
 
@@ -31,7 +32,7 @@ def state_file(settings: Any) -> Path:
 
 
 async def plan_cutout(
-    session: aiohttp.ClientSession, settings: Any, catalog: Catalog, request: CutoutRequest
+    session: Session, settings: Any, catalog: Catalog, request: CutoutRequest
 ) -> tuple[CutoutPlan, Layer]:
     return await CutoutPlanner(session, settings).plan(catalog, request)
 
@@ -43,9 +44,9 @@ async def run_cutout(
     emit: ev.Emit = ev.ignore,
     dry_run: bool = False,
 ) -> tuple[CutoutPlan, ev.RunFinished | None]:
-    from microns_get.sources import make_session
+    from microns_get.sources.direct import make_direct_session
 
-    async with make_session(settings.jobs, settings.timeout) as session:
+    async with make_direct_session(settings.jobs, settings.timeout) as session:
         plan, layer = await plan_cutout(session, settings, catalog, request)
         if dry_run:
             return plan, None

@@ -17,14 +17,14 @@ import aiohttp
 from microns_get.catalog import Catalog, Dataset, Mirror, Part
 from microns_get.checkpoint import CheckpointStore
 from microns_get.errors import BadInput, RemoteError
-from microns_get.plan.discover import select_mirrors
+from microns_get.plan.discover import probe_part, select_mirrors
 from microns_get.plan.model import Plan
 from microns_get.plan.objects import plan_objects
 from microns_get.sources import CloudPath, ObjectInfo, make_session, open_source, source_url
 from microns_get.transfer import events as ev
 from microns_get.transfer.engine import Engine
 from microns_get.transfer.health import MirrorHealth
-from microns_get.transfer.probe import Probe, probe, rank
+from microns_get.transfer.probe import Probe
 from microns_get.transfer.retry import with_retries
 
 STATE_FILE = "state.sqlite"
@@ -157,36 +157,7 @@ class Planner:
         return listing
 
     async def probe_part(self, part: Part, mirrors: Sequence[Mirror]) -> list[Probe]:
-        """Probe each mirror on the same object: the part itself, or the first listed object."""
-        sample = await self._sample_key(part, mirrors)
-        probes = []
-        for mirror in mirrors:
-            path = CloudPath.parse(mirror.url)
-            source = open_source(path, self.session, self.settings)
-            key = path.key if sample is None else path.join(sample[0]).key
-            size = sample[1] if sample else 0
-            probes.append(await probe(source, mirror.provider, mirror.url, key, size))
-        return rank(probes, requests=1, total_bytes=max(1, probes_bytes(sample)), jobs=1)
-
-    async def _sample_key(self, part: Part, mirrors: Sequence[Mirror]) -> tuple[str, int] | None:
-        for mirror in mirrors:
-            path = CloudPath.parse(mirror.url)
-            source = open_source(path, self.session, self.settings)
-            try:
-                if not part.is_prefix:
-                    info = await source.stat(path.key)
-                    return None if info is None else ("", info.size)
-                prefix = path.key.rstrip("/") + "/"
-                async for item in source.list(prefix):
-                    if isinstance(item, ObjectInfo):
-                        return item.key[len(prefix) :], item.size
-            except RemoteError:
-                continue
-        return None
-
-
-def probes_bytes(sample: tuple[str, int] | None) -> int:
-    return sample[1] if sample else 0
+        return await probe_part(self.session, self.settings, part, mirrors)
 
 
 async def plan_fetch(settings: Any, catalog: Catalog, request: FetchRequest) -> PlannedFetch:

@@ -44,6 +44,17 @@ def test_a_cutout_loads_neither_numpy_nor_the_whole_object_engine() -> None:
     assert heavy(modules_after(code), names) == []
 
 
+@pytest.mark.parametrize("mirror", ["auto", "s3", "gcs"])
+def test_a_cutout_run_never_imports_aiohttp(mirror_env, tmp_path, mirror: str) -> None:
+    """A whole `fetch em --bbox` against the local mirrors (discovery, shard indexes, chunk
+    reads, writes) in a fresh interpreter: its HTTP is the direct transport."""
+    box = ["--bbox", "13830,13840,14818,13930,13901,14845", "--bbox-resolution", "8,8,40"]
+    argv = ["fetch", "em", *box, "--mirror", mirror, "--dest", str(tmp_path), "--json"]
+    loaded = modules_after(f"from microns_get.cli.app import run\nassert run({argv!r}) == 0")
+    assert heavy(loaded, ("aiohttp", "microns_get.fetch", "microns_get.transfer.engine")) == []
+    assert list(tmp_path.rglob("*-*_*-*_*-*")), "the cutout wrote chunks"
+
+
 @pytest.mark.parametrize(
     "argv, name",
     [

@@ -1,5 +1,6 @@
 """The threaded ranged reader (`sources.direct`) against a local upstream and our fault proxy:
-the same status mapping and body checks as the aiohttp path, connection reuse, cancellation."""
+the same status mapping and body checks as the aiohttp path, connection reuse, cancellation,
+redirects, and `DirectTransport` (HEAD, bodies of unknown length)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from microns_get.errors import RemoteError
-from microns_get.sources.direct import ConnectionPool, DirectReader, RangeRead
+from microns_get.sources.direct import (
+    ConnectionPool,
+    DirectReader,
+    DirectTransport,
+    RangeRead,
+    make_direct_session,
+)
 from microns_get.sources.http import MissingObject, RetryableHttpError
 from microns_get.testing.faultproxy import FaultProxy, FaultRule, slow_down, too_many_requests
 from microns_get.testing.servers import handler_server
@@ -22,15 +29,36 @@ BLOB = os.urandom(3 * (1 << 20) + 12345)  # several reader buffers and a ragged 
 
 class _Upstream(BaseHTTPRequestHandler):
     """/blob honours Range; /whole ignores it (200, whole body); /chunked answers chunked;
-    /hangup closes each connection after answering, as a server's idle timeout does."""
+    /hangup closes each connection after answering, as a server's idle timeout does; /moved
+    redirects to /blob."""
 
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args: object) -> None:
         pass
 
+    def do_HEAD(self) -> None:
+        if self._redirected():
+            return
+        found = self.path == "/blob"
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Length", str(len(BLOB) if found else 0))
+        self.send_header("ETag", '"e"')
+        self.end_headers()
+
+    def _redirected(self) -> bool:
+        if self.path != "/moved":
+            return False
+        self.send_response(302)
+        self.send_header("Location", "/blob")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
+        if self._redirected():
+            return
         if path == "/hangup":  # answers, then closes the kept-alive connection without a word
             self._send(200, BLOB[:1000], {})
             self.close_connection = True
@@ -185,3 +213,46 @@ def test_cancelling_a_read_stops_its_thread_before_returning(upstream_proxy: Fau
         reader.close()
 
     asyncio.run(main())
+
+
+def over_transport(fn):  # noqa: ANN001, ANN201 - fn(transport) -> awaitable
+    async def main():  # noqa: ANN202
+        async with make_direct_session(2, 10) as transport:
+            return await fn(transport)
+
+    return asyncio.run(main())
+
+
+def test_transport_head_follows_redirects_and_missing_is_none(upstream: str) -> None:
+    async def heads(transport: DirectTransport) -> list:
+        return [await transport.head(f"{upstream}/{name}") for name in ("moved", "nothing")]
+
+    found, missing = over_transport(heads)
+    assert int(found["Content-Length"]) == len(BLOB) and found["ETag"] == '"e"'
+    assert missing is None
+
+
+@pytest.mark.parametrize("path", ["blob", "chunked", "moved"])
+def test_transport_reads_bodies_of_unknown_length(upstream: str, path: str) -> None:
+    expected = BLOB[:100_000] if path == "chunked" else BLOB
+    assert over_transport(lambda t: t.get_bytes(f"{upstream}/{path}")) == expected
+    if path != "chunked":  # which ignores Range
+        assert over_transport(lambda t: t.get_bytes(f"{upstream}/{path}", 5, 50)) == BLOB[5:50]
+
+
+def test_transport_missing_is_none_or_missing_object(upstream: str) -> None:
+    async def stream(transport: DirectTransport) -> None:
+        async for _ in transport.stream(f"{upstream}/nothing"):
+            pass
+
+    assert over_transport(lambda t: t.get_bytes(f"{upstream}/nothing")) is None
+    with pytest.raises(MissingObject):
+        over_transport(stream)
+
+
+def test_transport_truncated_body_of_unknown_length_is_retryable(
+    upstream_proxy: FaultProxy,
+) -> None:
+    upstream_proxy.add_rule(FaultRule("truncate", after_bytes=200_000))
+    with pytest.raises(RetryableHttpError):
+        over_transport(lambda t: t.get_bytes(f"{upstream_proxy.url}/blob"))

@@ -1,4 +1,6 @@
 """One contract, every source: S3 (moto), GCS (fake-gcs-server), HTTPS (static server), local.
+Every network source runs over both transports: an aiohttp session and the direct (threads and
+http.client) one that cutouts use.
 
 Each source must: stat an object (None when missing), read it whole and by range as stored
 (gzip objects stay gzip), page through listings in key order with and without a delimiter, and
@@ -10,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import google_crc32c
 import pytest
@@ -19,6 +23,7 @@ import pytest
 from microns_get.config import resolve_settings
 from microns_get.errors import RemoteError
 from microns_get.sources import CloudPath, ObjectInfo, Source, make_session, open_source
+from microns_get.sources.direct import make_direct_session
 from microns_get.sources.gcs import GcsSource
 from microns_get.sources.local import LocalSource
 from microns_get.sources.s3 import S3Source
@@ -77,14 +82,25 @@ def case(request, mini_microns) -> Case:
     return {c.name: c for c in cases(mini_microns)}[request.param]
 
 
+SESSIONS: dict[str, Callable[[int, float], AbstractAsyncContextManager[Any]]] = {
+    "aiohttp": make_session,
+    "direct": make_direct_session,
+}
+
+
+@pytest.fixture(params=sorted(SESSIONS))
+def new_session(request) -> Callable[[int, float], AbstractAsyncContextManager[Any]]:
+    return SESSIONS[request.param]
+
+
 @pytest.fixture
-def run(mirrors, mini_microns, case) -> Iterator:
-    """Runs a coroutine function `fn(source)` against the case's source."""
+def run(mirrors, mini_microns, case, new_session) -> Iterator:
+    """Runs a coroutine function `fn(source)` against the case's source, on each transport."""
     settings = resolve_settings({}, None, environ=mirrors.env())
 
     def runner(fn):
         async def body():
-            async with make_session(4, 30) as session:
+            async with new_session(4, 30) as session:
                 source = make_source(case, settings, session, mini_microns)
                 return await fn(source)
 
@@ -192,14 +208,14 @@ def test_range_past_the_end_is_an_error_not_data(run, case, mini_microns) -> Non
 
 
 @pytest.mark.parametrize("page", [1, 3])
-def test_s3_and_gcs_listings_page(mirrors, mini_microns, page, monkeypatch) -> None:
+def test_s3_and_gcs_listings_page(mirrors, mini_microns, page, new_session, monkeypatch) -> None:
     """Small pages force continuation tokens / page tokens through every page."""
     settings = resolve_settings({}, None, environ=mirrors.env())
     monkeypatch.setattr(S3Source, "page_size", page)
     monkeypatch.setattr(GcsSource, "page_size", page)
 
     async def body():
-        async with make_session(4, 30) as session:
+        async with new_session(4, 30) as session:
             s3 = open_source(CloudPath("s3", S3_BUCKET, ""), session, settings)
             gcs = open_source(CloudPath("gs", "microns-static-links", ""), session, settings)
             prefix = "iarpa_microns/minnie/minnie65/skeletons/"

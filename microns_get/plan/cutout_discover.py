@@ -12,9 +12,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from microns_get.catalog import Catalog, Mirror
 from microns_get.errors import BadInput, RemoteError
@@ -26,7 +24,7 @@ from microns_get.plan.cutout import (
     sharded_reads,
     unsharded_reads,
 )
-from microns_get.plan.discover import PRECOMPUTED_KINDS, select_mirrors
+from microns_get.plan.discover import PRECOMPUTED_KINDS, probe_part, select_mirrors
 from microns_get.precomputed.grid import (
     Box,
     chunk_key,
@@ -56,6 +54,9 @@ from microns_get.sources import CloudPath, Source, open_source, source_url
 from microns_get.transfer.health import MirrorHealth
 from microns_get.transfer.requests import Requester
 
+if TYPE_CHECKING:
+    from microns_get.sources.http import Session
+
 T = TypeVar("T")
 
 
@@ -77,7 +78,7 @@ class Layer:
 
 
 class CutoutPlanner:
-    def __init__(self, session: aiohttp.ClientSession, settings: Any) -> None:
+    def __init__(self, session: Session, settings: Any) -> None:
         self.session = session
         self.settings = settings
         self.requester = Requester(settings, MirrorHealth())
@@ -106,9 +107,7 @@ class CutoutPlanner:
 
     async def _ranked(self, part: Any, mirrors: list[Mirror]) -> list[Mirror]:
         """The fastest mirror first, measured on the same object of each (as `fetch` does)."""
-        from microns_get.fetch import Planner  # the probes are the whole-object planner's
-
-        probes = await Planner(self.session, self.settings).probe_part(part, mirrors)
+        probes = await probe_part(self.session, self.settings, part, mirrors)
         order = {p.url: i for i, p in enumerate(probes)}
         return sorted(mirrors, key=lambda m: order.get(m.url, len(order)))
 

@@ -1,13 +1,12 @@
 """Sources: one module per protocol behind the `Source` interface (see `base`).
 
-`open_source` picks the implementation for a URL and applies the configured endpoints.
+`open_source` picks the implementation for a URL and applies the configured endpoints. Importing
+this package does not import aiohttp (see `http`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from microns_get.errors import BadInput
 from microns_get.sources.base import CloudPath, ObjectInfo, Source
@@ -15,6 +14,9 @@ from microns_get.sources.gcs import GcsSource
 from microns_get.sources.http import HttpsSource, make_session
 from microns_get.sources.local import LocalSource
 from microns_get.sources.s3 import S3Source
+
+if TYPE_CHECKING:
+    from microns_get.sources.http import Session
 
 __all__ = [
     "CloudPath",
@@ -26,8 +28,9 @@ __all__ = [
 ]
 
 
-def open_source(path: CloudPath, session: aiohttp.ClientSession, settings: Any) -> Source:
-    """The source serving `path`'s bucket or host, with endpoints from `settings`."""
+def open_source(path: CloudPath, session: Session, settings: Any) -> Source:
+    """The source serving `path`'s bucket or host, with endpoints from `settings`; `session` is
+    an aiohttp session (`make_session`) or a `direct.DirectTransport` (`make_direct_session`)."""
     if path.scheme == "s3":
         return S3Source(path.bucket, session, settings.s3_endpoint)
     if path.scheme == "gs":

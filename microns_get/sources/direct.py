@@ -9,7 +9,12 @@ release the GIL, so both cores work, and no piece is copied in Python.
 Owns: a small pool of keep-alive `http.client` connections per host, one ranged GET with the
 same status mapping and Content-Range checks as `sources.http` (404 is `MissingObject`; 5xx,
 429, resets and short bodies are retryable), cancellation of a read in flight from another
-thread. Must not retry, hash, write or know about datasets: the caller's `sink` does that.
+thread, and redirects (as aiohttp follows them). Must not retry, hash, write or know about
+datasets: the caller's `sink` does that.
+
+`DirectTransport` is the same as `http.HttpTransport` (HEAD, GET of a range or a whole body) on
+these threads: a run that needs nothing else (a cutout) never imports aiohttp, whose import and
+SSL set-up cost about a fifth of such a run.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import http.client
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
+from microns_get.errors import RemoteError
 from microns_get.sources.http import (
     IDENTITY,
+    STREAM_CHUNK,
     USER_AGENT,
     MissingObject,
     RetryableHttpError,
@@ -37,6 +44,8 @@ from microns_get.sources.http import (
 
 BUFFER = 1 << 20  # bytes received per `recv_into` round; each is written and hashed at once
 IDLE_PER_HOST = 32  # keep-alive connections kept per host
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 10  # as aiohttp's default
 
 T = TypeVar("T")
 # (buffer of received bytes, offset of its first byte in the object) -> None
@@ -58,6 +67,11 @@ class _StaleConnection(Exception):
 
 class Cancelled(Exception):
     """The read was stopped by `RangeRead.cancel` (its task was cancelled)."""
+
+
+class _Redirected(Exception):
+    def __init__(self, location: str) -> None:
+        self.location = location
 
 
 class ConnectionPool:
@@ -102,7 +116,9 @@ class ConnectionPool:
 
 
 class RangeRead:
-    """One ranged GET of `[start, end)`, fed to `sink` buffer by buffer; `run` in a thread."""
+    """One ranged GET of `[start, end)`, fed to `sink` buffer by buffer; `run` in a thread.
+    Without a sink (and without `into`) the body is kept whole in `body`, and `end` may be
+    `None` (to the end of the object); with `method="HEAD"` only `response_headers` are kept."""
 
     def __init__(
         self,
@@ -110,8 +126,9 @@ class RangeRead:
         url: str,
         headers: Mapping[str, str] | None,
         start: int,
-        end: int,
-        sink: Sink,
+        end: int | None,
+        sink: Sink | None = None,
+        method: str = "GET",
     ) -> None:
         self.pool = pool
         self.url = url
@@ -124,8 +141,11 @@ class RangeRead:
         self.start = start
         self.end = end
         self.sink = sink
+        self.method = method
         # with `into`, the body is read into it (as many bytes as the range) and `sink` unused
         self.into: memoryview | None = None
+        self.body = b""
+        self.response_headers: Mapping[str, str] = {}
         self._conn: http.client.HTTPConnection | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -144,6 +164,14 @@ class RangeRead:
 
     def run(self) -> int:
         """Read the whole range into the sink; returns the bytes received."""
+        for _ in range(MAX_REDIRECTS):
+            try:
+                return self._run_once()
+            except _Redirected as hop:
+                self.url = hop.location
+        raise RemoteError(f"more than {MAX_REDIRECTS} redirects from {self.url}", retryable=False)
+
+    def _run_once(self) -> int:
         parts = urlsplit(self.url)
         target = (parts.path + (f"?{parts.query}" if parts.query else "")) or "/"
         conn, was_idle = self.pool.take(parts.scheme, parts.netloc)
@@ -186,17 +214,21 @@ class RangeRead:
                 conn.close()
 
     def _exchange(self, conn: http.client.HTTPConnection, target: str) -> int:
-        conn.request("GET", target, headers=self.headers)
+        conn.request(self.method, target, headers=self.headers)
         resp = conn.getresponse()
         self._answered = True
-        if resp.status >= 400:
-            body = resp.read(4096).decode("utf-8", "replace")
-            if resp.status == 404:
-                raise MissingObject(self.url)
-            raise status_error(self.url, resp.status, resp.headers, body)
+        self._check_status(resp)
+        self.response_headers = resp.headers
+        if self.method == "HEAD":
+            resp.read()  # nothing, but the connection is free again
+            return 0
         check_content_range(self.url, resp.status, resp.headers, self.start)
-        received = self._drain(resp)
-        if received != self.end - self.start:
+        if self.sink is None and self.into is None:
+            self.body = resp.read()  # to Content-Length, the last chunk, or EOF
+            received = len(self.body)
+        else:
+            received = self._drain(resp)
+        if self.end is not None and received != self.end - self.start:
             raise RetryableHttpError(
                 f"short body from {self.url}: {received} of {self.end - self.start} bytes"
             )
@@ -206,7 +238,19 @@ class RangeRead:
             raise RetryableHttpError(f"body longer than the range asked from {self.url}")
         return received
 
+    def _check_status(self, resp: http.client.HTTPResponse) -> None:
+        location = resp.headers.get("Location")
+        if resp.status in REDIRECTS and location:
+            resp.read()
+            raise _Redirected(urljoin(self.url, location))
+        if resp.status >= 400:
+            body = resp.read(4096).decode("utf-8", "replace")
+            if resp.status == 404:
+                raise MissingObject(self.url)
+            raise status_error(self.url, resp.status, resp.headers, body)
+
     def _drain(self, resp: http.client.HTTPResponse) -> int:
+        assert self.end is not None  # a sink or a buffer is given a known range
         want = self.end - self.start
         into = self.into
         buffer = into if into is not None else memoryview(bytearray(min(BUFFER, want)))
@@ -217,6 +261,7 @@ class RangeRead:
             if into is not None:  # straight into the caller's buffer, nothing to hand on
                 n = resp.readinto(into[received : received + BUFFER])
             else:
+                assert self.sink is not None
                 n = resp.readinto(buffer[: min(BUFFER, want - received)])
                 if n:
                     self.sink(buffer[:n], self.start + received)
@@ -244,7 +289,7 @@ class DirectReader:
         """The whole `size`-byte object in memory; blocking, for code already on a thread of
         `call` (a small object is fetched and landed in one thread step)."""
         body = bytearray(size)
-        read = RangeRead(self.pool, url, headers, 0, size, _unused_sink)
+        read = RangeRead(self.pool, url, headers, 0, size)
         read.into = memoryview(body)
         read.run()
         return body
@@ -257,8 +302,70 @@ class DirectReader:
         self.pool.close()
 
 
-def _unused_sink(buffer: memoryview, position: int) -> None:
-    raise AssertionError("a read into a buffer has no sink")
+class DirectTransport:
+    """`http.HttpTransport`'s interface on a `DirectReader`'s threads, and the "session" sources
+    accept in place of an aiohttp one (`http.transport_for`). Same semantics: 404 is `None` from
+    `head` / `get_bytes` and `MissingObject` from `stream`, failures worth retrying are
+    `RetryableHttpError`, bodies arrive as stored (identity unless the caller asks for gzip)."""
+
+    def __init__(self, reader: DirectReader) -> None:
+        self.reader = reader
+
+    async def head(
+        self, url: str, headers: Mapping[str, str] | None = None
+    ) -> Mapping[str, str] | None:
+        read = RangeRead(self.reader.pool, url, headers, 0, None, method="HEAD")
+        try:
+            await self.reader.call(read.run, read.cancel)
+        except MissingObject:
+            return None
+        return read.response_headers
+
+    async def get_bytes(
+        self,
+        url: str,
+        start: int = 0,
+        end: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> bytes | None:
+        try:
+            return await self._body(url, start, end, headers)
+        except MissingObject:
+            return None
+
+    async def stream(
+        self,
+        url: str,
+        start: int = 0,
+        end: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The range read whole, then handed on in pieces: this transport serves metadata and
+        cutout-sized reads; large objects go through `DirectReader.read` with a sink instead."""
+        body = memoryview(await self._body(url, start, end, headers))
+        for offset in range(0, len(body), STREAM_CHUNK):
+            yield bytes(body[offset : offset + STREAM_CHUNK])
+
+    async def _body(
+        self, url: str, start: int, end: int | None, headers: Mapping[str, str] | None
+    ) -> bytes:
+        read = RangeRead(self.reader.pool, url, headers, start, end)
+        await self.reader.call(read.run, read.cancel)
+        return read.body
+
+    async def close(self) -> None:
+        self.reader.close()
+
+    async def __aenter__(self) -> DirectTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def make_direct_session(jobs: int = 16, timeout: float = 60.0) -> DirectTransport:
+    """A run's HTTP on `jobs` reader threads (`async with` closes it), as `make_session`."""
+    return DirectTransport(DirectReader(jobs, timeout))
 
 
 async def call_on(

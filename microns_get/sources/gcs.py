@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
-
-import aiohttp
 
 from microns_get.errors import RemoteError
 from microns_get.sources.base import HttpGet, ObjectInfo, Source
-from microns_get.sources.http import IDENTITY, HttpTransport, network_error, status_error
+from microns_get.sources.http import IDENTITY, transport_for
+
+if TYPE_CHECKING:
+    from microns_get.sources.http import Session
 
 LIST_FIELDS = (
     "items(name,size,md5Hash,crc32c,generation,etag,updated,contentEncoding),prefixes,nextPageToken"
@@ -42,10 +43,9 @@ class GcsSource(Source):
     scheme = "gs"
     page_size = 1000  # items per listing page (the JSON API's maximum)
 
-    def __init__(self, bucket: str, session: aiohttp.ClientSession, endpoint: str) -> None:
+    def __init__(self, bucket: str, session: Session, endpoint: str) -> None:
         self.bucket = bucket
-        self.session = session
-        self.http = HttpTransport(session)
+        self.http = transport_for(session)
         self.endpoint = endpoint
         self.api = f"{endpoint}/storage/v1/b/{quote(bucket, safe='')}/o"
 
@@ -99,17 +99,9 @@ class GcsSource(Source):
                 return
 
     async def _get_json(self, url: str) -> dict[str, Any] | None:
-        try:
-            async with self.session.get(url, headers=IDENTITY) as resp:
-                if resp.status == 404:
-                    return None
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise status_error(
-                        url, resp.status, resp.headers, body.decode("utf-8", "replace")
-                    )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise network_error(url, exc) from exc
+        body = await self.http.get_bytes(url, headers=IDENTITY)
+        if body is None:
+            return None
         try:
             return json.loads(body)
         except ValueError as exc:

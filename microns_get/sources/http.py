@@ -4,6 +4,9 @@ Owns: the aiohttp session (never decompresses: stored bytes land as stored), sta
 (404 is a value, 5xx/429/resets are retryable `RemoteError`s), ranged reads with Content-Range
 checks, and host rewrites (`https://zenodo.org=http://127.0.0.1:PORT`).
 Must not retry (the retry policy wraps calls) or know about datasets.
+
+aiohttp is imported only where a session is made or used: importing this module (or any source)
+must not load it, so a run on `direct.DirectTransport` (a cutout) never pays for it (~0.1 s).
 """
 
 from __future__ import annotations
@@ -11,13 +14,21 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import quote
-
-import aiohttp
 
 from microns_get import __version__
 from microns_get.errors import RemoteError
 from microns_get.sources.base import HttpGet, ObjectInfo, Source
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from microns_get.sources.direct import DirectTransport
+
+    # what sources are built on: an aiohttp session, or the thread-based direct transport
+    Session: TypeAlias = aiohttp.ClientSession | DirectTransport
+    Transport: TypeAlias = "HttpTransport | DirectTransport"
 
 USER_AGENT = f"microns-get/{__version__}"
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -29,6 +40,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 def make_session(jobs: int = 16, timeout: float = 60.0) -> aiohttp.ClientSession:
     """One session per run: per-host connection limit, no automatic decompression."""
+    import aiohttp
+
     connector = aiohttp.TCPConnector(limit=max(64, jobs * 4), limit_per_host=jobs)
     client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     return aiohttp.ClientSession(
@@ -96,13 +109,23 @@ def check_content_range(url: str, status: int, headers: Mapping[str, str], start
         raise RetryableHttpError(f"server ignored Range (HTTP {status}) at {url}")
 
 
+def transport_for(session: Session) -> Transport:
+    """The transport a source speaks through: the direct transport is its own."""
+    from microns_get.sources.direct import DirectTransport  # imports this module: not at the top
+
+    return session if isinstance(session, DirectTransport) else HttpTransport(session)
+
+
 class HttpTransport:
-    """GET/HEAD with status mapping; shared by the S3, GCS and HTTPS sources."""
+    """GET/HEAD with status mapping on an aiohttp session; shared by the S3, GCS and HTTPS
+    sources (`direct.DirectTransport` is the same interface on threads)."""
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
 
     async def head(self, url: str, headers: Mapping[str, str] | None = None):
+        import aiohttp
+
         try:
             async with self.session.head(url, headers=headers, allow_redirects=True) as resp:
                 if resp.status == 404:
@@ -137,6 +160,8 @@ class HttpTransport:
         headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[bytes]:
         """Yield the body of `[start, end)`; raises `MissingObject` on 404 and checks the length."""
+        import aiohttp
+
         all_headers = {**IDENTITY, **(headers or {}), **range_header(start, end)}
         try:
             async with self.session.get(url, headers=all_headers) as resp:
@@ -177,6 +202,8 @@ class MissingObject(RemoteError):
 
 
 async def _short_text(resp: aiohttp.ClientResponse) -> str:
+    import aiohttp
+
     try:
         return (await resp.content.read(4096)).decode("utf-8", "replace")
     except (TimeoutError, aiohttp.ClientError):
@@ -216,14 +243,14 @@ class HttpsSource(Source):
     def __init__(
         self,
         host: str,
-        session: aiohttp.ClientSession,
+        session: Session,
         rewrites: Mapping[str, str],
         scheme: str = "https",
     ) -> None:
         self.bucket = host
         self.scheme = scheme
         self.base = rewrite_url(f"{scheme}://{host}", rewrites)
-        self.http = HttpTransport(session)
+        self.http = transport_for(session)
 
     def url_for(self, key: str) -> str:
         return f"{self.base}/{quote(key)}"

@@ -12,20 +12,15 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlencode
-
-import aiohttp
 
 from microns_get.errors import RemoteError
 from microns_get.sources.base import HttpGet, ObjectInfo, Source
-from microns_get.sources.http import (
-    IDENTITY,
-    HttpTransport,
-    if_match,
-    info_from_headers,
-    network_error,
-    status_error,
-)
+from microns_get.sources.http import IDENTITY, if_match, info_from_headers, transport_for
+
+if TYPE_CHECKING:
+    from microns_get.sources.http import Session
 
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 
@@ -82,10 +77,9 @@ class S3Source(Source):
     scheme = "s3"
     page_size = 1000  # keys per listing page (S3's maximum)
 
-    def __init__(self, bucket: str, session: aiohttp.ClientSession, endpoint: str | None) -> None:
+    def __init__(self, bucket: str, session: Session, endpoint: str | None) -> None:
         self.bucket = bucket
-        self.session = session
-        self.http = HttpTransport(session)
+        self.http = transport_for(session)
         self.bucket_url = (
             f"{endpoint}/{bucket}" if endpoint else f"https://{bucket}.s3.amazonaws.com"
         )
@@ -138,11 +132,7 @@ class S3Source(Source):
 
     async def _list_page(self, params: Mapping[str, str]):
         url = f"{self.bucket_url}?{urlencode(params)}"
-        try:
-            async with self.session.get(url, headers=IDENTITY) as resp:
-                text = await resp.text()
-                if resp.status >= 400:
-                    raise status_error(url, resp.status, resp.headers, text)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise network_error(url, exc) from exc
-        return parse_list_page(text)
+        body = await self.http.get_bytes(url, headers=IDENTITY)
+        if body is None:  # the bucket itself is missing
+            raise RemoteError(f"HTTP 404 from {url} (no such bucket)", status=404)
+        return parse_list_page(body.decode("utf-8", "replace"))
