@@ -144,7 +144,9 @@ def test_listing_keys_that_escape_dest_are_refused(proxy, scratch, tmp_path, cap
     assert not dest.exists() or not local_files(dest)
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
+def _kill_when(
+    proc: subprocess.Popen, ready, timeout: float = 60, sig: int = signal.SIGKILL
+) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:
@@ -153,8 +155,8 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> None:
             proc.kill()
             raise AssertionError("fetch made no progress")
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=timeout)
 
 
 def _spawn_fetch(dest: Path, proxy_url: str, *args: str) -> subprocess.Popen:
@@ -214,6 +216,42 @@ def test_kill_9_mid_many_small_objects_then_rerun(proxy, tmp_path, capsys) -> No
     assert done["objects_skipped"] >= finished_before_kill
     fetched_again = {r.path for r in proxy.stats.log if r.method == "GET" and "small_" in r.path}
     assert len(fetched_again) == len(SMALL) - done["objects_skipped"]
+
+
+@pytest.mark.parametrize(
+    ("args", "slow"),
+    [
+        (("--jobs", "2", "--exclude", "stack_big*"), FaultRule("delay", seconds=0.3)),
+        (
+            ("--part-size", "1M", "--include", "stack_big*"),
+            FaultRule("throttle", bytes_per_sec=1_500_000),
+        ),
+    ],
+    ids=["many-small-objects", "large-object"],
+)
+def test_ctrl_c_stops_cleanly_and_a_rerun_completes(proxy, tmp_path, args, slow) -> None:
+    """SIGINT while reader threads are busy: exit 130 saying so, the threads stopped before the
+    process exits, nothing incomplete under a final name, and a rerun finishes the rest."""
+    dest = tmp_path / "dest"
+    proxy.add_rule(slow)
+    proc = _spawn_fetch(dest, proxy.url, *args)
+    if "--exclude" in args:  # small objects are recorded in batches: watch the progress lines
+        _kill_when(proc, lambda: " done " in proc.stderr.readline(), sig=signal.SIGINT)
+    else:
+        _kill_when(proc, lambda: done_parts(dest) >= 1, sig=signal.SIGINT)
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert "error: interrupted" in err.strip().splitlines()[-1], err
+    wanted = SMALL if "--exclude" in args else {BIG_KEY: BIG}
+    got = local_files(dest)
+    assert len(got) < len(wanted)  # it was stopped mid-run
+    for key, data in got.items():
+        assert wanted[key] == data
+    proxy.clear_rules()
+    proxy.wait_idle()
+    assert fetch_stacks(dest, *args) == 0
+    assert local_files(dest) == wanted
+    assert not temp_files(dest)
 
 
 @pytest.fixture

@@ -233,6 +233,13 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _interrupted() -> int:
+    return _fail(
+        "interrupted; what finished is kept: run the same command again to go on",
+        ExitCode.INTERRUPTED,
+    )
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code (errors already reported on stderr)."""
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -241,7 +248,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except typer.Exit as exc:  # with older typer, click's Exit
         return int(getattr(exc, "exit_code", 0) or 0)
     except (typer.Abort, KeyboardInterrupt):
-        return _fail("interrupted", ExitCode.INTERRUPTED)
+        return _interrupted()
     except MicronsGetError as exc:
         return _fail(str(exc), exit_code_for(exc))
     except OSError as exc:
@@ -253,6 +260,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if not hasattr(exc, "format_message"):
             raise
         return _fail(exc.format_message().replace("\n", " "), ExitCode.BAD_INPUT)
+    if result == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into a silent exit code 130
+        return _interrupted()
     return result if isinstance(result, int) else ExitCode.OK
 
 
