@@ -43,7 +43,7 @@ from microns_get.sources.http import (
 )
 
 BUFFER = 1 << 20  # bytes received per `recv_into` round; each is written and hashed at once
-IDLE_PER_HOST = 32  # keep-alive connections kept per host
+IDLE_PER_HOST = 32  # keep-alive connections kept per host, at least (one per thread if more)
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 10  # as aiohttp's default
 
@@ -77,7 +77,8 @@ class _Redirected(Exception):
 class ConnectionPool:
     """Idle keep-alive connections per (scheme, host:port); thread-safe."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, keep: int = IDLE_PER_HOST) -> None:
+        self.keep = max(keep, IDLE_PER_HOST)
         self.timeout = timeout
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
@@ -102,7 +103,7 @@ class ConnectionPool:
     def give_back(self, scheme: str, netloc: str, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault((scheme, netloc), [])
-            if len(idle) < IDLE_PER_HOST:
+            if len(idle) < self.keep:
                 idle.append(conn)
                 return
         conn.close()
@@ -275,7 +276,8 @@ class DirectReader:
     """Runs `RangeRead`s on its own threads for the event loop; one per run."""
 
     def __init__(self, workers: int, timeout: float = 60.0) -> None:
-        self.pool = ConnectionPool(timeout)
+        # its own threads, and as many more of the small-object fast path (transfer.small)
+        self.pool = ConnectionPool(timeout, keep=2 * workers)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="range")
 
     async def read(
