@@ -326,3 +326,31 @@ def test_items_finished_records_many_in_one_go(tmp_path) -> None:
         assert store.part_digests("a") == []
         with pytest.raises(ValueError):
             store.items_finished([FinishedItem("c", None, "c", "", 0, "x", "pending")])
+
+
+def _open_when(path: str, start: Any, results: Any) -> None:
+    start.wait()
+    try:
+        with CheckpointStore.open(path, busy_timeout=30):
+            results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        results.put(repr(exc))
+
+
+def test_many_processes_creating_one_state_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a new file to WAL can fail at once with "database is locked" in all but one
+    opener (SQLite does not wait there); every opener must still get the store."""
+    # fork: children start fast enough to collide (without the retry, ~4% of openers fail)
+    ctx = mp.get_context("fork")
+    outcomes = []
+    for round_ in range(12):
+        path = str(tmp_path / f"r{round_}" / "state.sqlite")
+        start, results = ctx.Event(), ctx.Queue()
+        children = [ctx.Process(target=_open_when, args=(path, start, results)) for _ in range(8)]
+        for child in children:
+            child.start()
+        start.set()
+        for child in children:
+            child.join(120)
+        outcomes += [results.get(timeout=10) for _ in children]
+    assert [o for o in outcomes if o != "ok"] == []

@@ -18,6 +18,7 @@ which is safe here because losing a "done" mark only means that part is fetched 
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -126,9 +127,27 @@ class CheckpointStore:
     def _init(self, busy_timeout: float) -> None:
         # The busy timeout comes first so that even switching to WAL waits for other openers.
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        self._use_wal(busy_timeout)
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._create_schema()
+
+    def _use_wal(self, busy_timeout: float) -> None:
+        """Switch a new state file to WAL. Two processes opening a new file at once can get
+        SQLITE_BUSY here at once, without the busy handler (SQLite refuses to wait where waiting
+        could deadlock), so retry until the busy timeout; a file already in WAL is left alone."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                mode = self._db.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     def _create_schema(self) -> None:
         with self._write() as db:
