@@ -69,14 +69,18 @@ class SmallObjects:
         self._queue.extend(jobs)
         loop = asyncio.get_running_loop()
         threads = min(self.jobs, len(jobs))
-        with ThreadPoolExecutor(threads, thread_name_prefix="small") as executor:
-            await asyncio.gather(
-                *(
-                    call_on(executor, lambda: self._loop(loop), self._stop.set)
-                    for _ in range(threads)
+        try:
+            with ThreadPoolExecutor(threads, thread_name_prefix="small") as executor:
+                await asyncio.gather(
+                    *(
+                        call_on(executor, lambda: self._loop(loop), self._stop.set)
+                        for _ in range(threads)
+                    )
                 )
-            )
-        self._deliver()  # results queued after the last wake-up
+        finally:
+            # results queued after the last wake-up, also when cancelled (Ctrl-C): what landed
+            # gets its record now instead of being checked again by the next run
+            self._deliver()
         # stopped early: what nobody took goes back too
         self._handed_back.extend((job, "") for job in self._queue)
         self._queue.clear()
