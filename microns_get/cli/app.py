@@ -266,7 +266,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    try:
+        code = run()
+    except KeyboardInterrupt:  # Ctrl-C after the command had finished, while reporting
+        code = _interrupted()
+    sys.exit(code)
 
 
 __all__ = ["app", "build_app", "main", "run"]  # noqa: F822 - `app` comes from __getattr__
