@@ -28,6 +28,18 @@ from microns_get.testing.minimicrons import GENERATOR_VERSION, generate  # noqa:
 from microns_get.testing.seedtree import SeedTree  # noqa: E402
 from microns_get.testing.servers import Mirrors, local_mirrors  # noqa: E402
 
+PROXY_VARIABLES = [
+    f"{name}{suffix}" for name in ("http", "https", "all", "no") for suffix in ("_proxy", "_PROXY")
+]
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests talk to servers on 127.0.0.1: a proxy set on the machine must not come between
+    (tests/test_http_proxy.py sets its own)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
 
 def _reusable(root: Path) -> bool:
     try:

@@ -60,7 +60,9 @@ def enqueue(queue: Path, dest: Path, capsys, *extra: str) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def spawn_worker(queue: Path, proxy: FaultProxy, home: Path, *extra: str) -> subprocess.Popen:
+def spawn_worker(
+    queue: Path, proxy: FaultProxy, home: Path, *extra: str, lease: int = 2
+) -> subprocess.Popen:
     env = env_without_config({"MICRONS_GET_S3_ENDPOINT": proxy.url, "HOME": str(home)})
     command = [
         sys.executable,
@@ -69,7 +71,7 @@ def spawn_worker(queue: Path, proxy: FaultProxy, home: Path, *extra: str) -> sub
         "worker",
         f"fq://{queue}",
         "--lease-seconds",
-        "2",
+        str(lease),
     ]
     return subprocess.Popen(
         [*command, "--quiet", *extra],
@@ -119,7 +121,8 @@ def test_three_workers_make_the_single_run_tree_fetching_each_object_once(
     assert planned["tasks"] == 5 and planned["objects"] == len(OBJECTS)
     proxy.add_rule(FaultRule("delay", seconds=0.2, method="GET"))  # tasks overlap in time
     proxy.reset_stats()
-    workers = [spawn_worker(queue, proxy, tmp_path) for _ in range(3)]
+    # a lease long enough that a busy machine never lets one lapse: each object once, by design
+    workers = [spawn_worker(queue, proxy, tmp_path, lease=30) for _ in range(3)]
     codes = wait_all(workers)
     assert codes == [0, 0, 0], [w.stderr.read() for w in workers if w.stderr]
     assert local_files(dest) == local_files(single) == OBJECTS

@@ -41,6 +41,7 @@ from microns_get.sources.http import (
     range_header,
     status_error,
 )
+from microns_get.sources.proxies import connect_via, forward_target, proxy_for
 
 BUFFER = 1 << 20  # bytes received per `recv_into` round; each is written and hashed at once
 IDLE_PER_HOST = 32  # keep-alive connections kept per host, at least (one per thread if more)
@@ -94,9 +95,12 @@ class ConnectionPool:
         return self.new(scheme, netloc), False
 
     def new(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        if scheme == "https" and self._tls is None:
+            self._tls = ssl.create_default_context()
+        proxy = proxy_for(scheme, netloc)
+        if proxy is not None:
+            return connect_via(proxy, scheme, netloc, self.timeout, self._tls)
         if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
             return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._tls)
         return http.client.HTTPConnection(netloc, timeout=self.timeout)
 
@@ -215,7 +219,8 @@ class RangeRead:
                 conn.close()
 
     def _exchange(self, conn: http.client.HTTPConnection, target: str) -> int:
-        conn.request(self.method, target, headers=self.headers)
+        target, proxy_headers = forward_target(conn, target)
+        conn.request(self.method, target, headers={**self.headers, **proxy_headers})
         resp = conn.getresponse()
         self._answered = True
         self._check_status(resp)

@@ -39,7 +39,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def make_session(jobs: int = 16, timeout: float = 60.0) -> aiohttp.ClientSession:
-    """One session per run: per-host connection limit, no automatic decompression."""
+    """One session per run: per-host connection limit, no automatic decompression, and the
+    environment's HTTP(S)_PROXY / NO_PROXY honoured (`trust_env`), as by `sources.proxies`."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=max(64, jobs * 4), limit_per_host=jobs)
@@ -49,6 +50,7 @@ def make_session(jobs: int = 16, timeout: float = 60.0) -> aiohttp.ClientSession
         timeout=client_timeout,
         auto_decompress=False,
         headers={"User-Agent": USER_AGENT},
+        trust_env=True,
     )
 
 
