@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from microns_get.errors import ConfigError
 
 ENV_PREFIX = "MICRONS_GET_"
@@ -209,6 +207,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    import yaml  # here, not at the top: most runs have no config file and need no YAML
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

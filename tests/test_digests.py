@@ -22,12 +22,14 @@ from microns_get.verify.digests import (
     crc32c_combine,
     etag_md5_base64,
     hash_file,
+    matches_written,
     multipart_count,
     multipart_etag,
     parse_etag,
     part_md5s,
     verify_crc32c_parts,
     verify_object,
+    written_checksum,
 )
 
 
@@ -378,3 +380,21 @@ def test_object_crc32c_from_parts_and_a_wrong_part_is_caught() -> None:
     bad = [digests[0], google_crc32c.Checksum(parts[1][:-1] + b"x").digest(), digests[2]]
     assert not verify_crc32c_parts(expected, bad, lengths).ok
     assert verify_crc32c_parts(expected, [digests[0], None, digests[2]], lengths) is None
+
+
+def test_written_checksum_is_crc32c_and_catches_a_changed_byte() -> None:
+    data = b"a chunk as written" * 1000
+    recorded = written_checksum(data)
+    assert recorded == f"crc32c:{google_crc32c.value(data):08x}"
+    assert matches_written(recorded, data)
+    flipped = bytearray(data)
+    flipped[1234] ^= 0x01
+    assert not matches_written(recorded, bytes(flipped))
+    assert not matches_written(recorded, data[:-1])
+
+
+def test_matches_written_reads_md5_records_of_older_state_files() -> None:
+    data = b"written by an earlier version"
+    assert matches_written("md5:" + hashlib.md5(data).hexdigest(), data)
+    assert not matches_written("md5:" + hashlib.md5(b"other").hexdigest(), data)
+    assert not matches_written("sha1:abc", data)  # an unknown record never passes

@@ -74,7 +74,7 @@ class ItemRecord:
     bytes_done: int
     error: str | None
     updated: float
-    checksum: str | None = None  # e.g. "md5:<hex>" of the bytes written (cutout chunks)
+    checksum: str | None = None  # "crc32c:<hex>" (earlier "md5:<hex>") of the bytes written
 
 
 class FinishedItem(NamedTuple):
@@ -356,7 +356,7 @@ class CheckpointStore:
         self, item_id: str, verified_by: str, mirror: str | None, checksum: str | None = None
     ) -> None:
         """The file is verified and in place; its part records describe nothing on disk now.
-        `checksum` ("md5:<hex>") lets `verify` re-check files that have no remote checksum."""
+        `checksum` ("crc32c:<hex>") lets `verify` re-check files that have no remote checksum."""
         self._finish(item_id, "done", verified_by=verified_by, mirror=mirror)
         if checksum is not None:
             with self._write() as db:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import hashlib
 import json
 import threading
 import time
@@ -45,6 +44,7 @@ from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.transfer.health import MirrorHealth
 from microns_get.transfer.requests import Requester
+from microns_get.verify.digests import written_checksum
 
 T = TypeVar("T")
 
@@ -62,11 +62,11 @@ def chunk_shape(name: str) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class Landed:
-    """A chunk written under its final name: its item id, size and MD5."""
+    """A chunk written under its final name: its item id, size and checksum."""
 
     item: str
     size: int
-    md5: str
+    checksum: str
 
 
 class CutoutRunner:
@@ -239,7 +239,7 @@ class CutoutRunner:
             item = self._item(landing.plan, chunk.name)
             # the renames are made durable once per directory at the end (`run`)
             files.write_file_atomic(self.dest / item, body, sync_dir=False)
-            landed.append(Landed(item, len(body), "md5:" + hashlib.md5(body).hexdigest()))
+            landed.append(Landed(item, len(body), written_checksum(body)))
         return landed, corrupt
 
     def _record_done(self, landing: _Landing, landed: list[Landed]) -> None:
@@ -247,7 +247,7 @@ class CutoutRunner:
         self.store.items_finished(
             FinishedItem(
                 c.item, None, c.item, url, c.size, landing.identity, "done", "decoded", provider,
-                c.md5,
+                c.checksum,
             )
             for c in landed
         )  # fmt: skip

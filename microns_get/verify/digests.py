@@ -268,6 +268,24 @@ def _human(n: int) -> str:
 _CRC32C_POLY = 0x82F63B78
 
 
+def written_checksum(data: bytes) -> str:
+    """The checksum recorded for a file we wrote (cutout chunks), for `verify` to re-check.
+    CRC32C: it catches what a later re-read must catch (bit rot, a truncated or replaced file)
+    at about 1/30 of MD5's CPU, and a cutout writes hundreds of chunks in a fraction of a second."""
+    return f"crc32c:{google_crc32c.value(data):08x}"
+
+
+def matches_written(recorded: str, data: bytes) -> bool:
+    """Whether `data` still has the checksum `written_checksum` recorded (or, in state files
+    from before CRC32C, the "md5:<hex>" recorded then)."""
+    algorithm, _, expected = recorded.partition(":")
+    if algorithm == "crc32c":
+        return expected == f"{google_crc32c.value(data):08x}"
+    if algorithm == "md5":
+        return expected == hashlib.md5(data).hexdigest()
+    return False
+
+
 def _gf2_times(matrix: Sequence[int], vector: int) -> int:
     total, row = 0, 0
     while vector:

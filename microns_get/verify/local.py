@@ -12,7 +12,6 @@ layer can hold millions of chunk files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from microns_get.precomputed.grid import chunk_at, grid_shape
 from microns_get.precomputed.info import AuxInfo, Scale, ShardingSpec, VolumeInfo
 from microns_get.precomputed.sharding import ChunkRange, CorruptIndex
 from microns_get.sources.base import ObjectInfo
-from microns_get.verify.digests import verify_object
+from microns_get.verify.digests import matches_written, verify_object
 
 FINDINGS_KEPT = 200  # per kind: enough to act on, bounded for a layer that is all corrupt
 SAMPLED_CHUNKS = 3  # chunks decoded per shard: proves the data encoding without reading it all
@@ -325,8 +324,8 @@ class Checker:
         self.report.checked["chunks decoded"] += 1
         record = self.store.item(self.rel(path)) if self.store else None
         if self.checksums and record is not None and record.checksum:
-            if record.checksum != "md5:" + hashlib.md5(data).hexdigest():
-                self.report.add(path, "checksum", "differs from the MD5 recorded when written")
+            if not matches_written(record.checksum, data):
+                self.report.add(path, "checksum", "differs from the checksum recorded when written")
             else:
                 self.report.checked["chunk checksums"] += 1
 
