@@ -6,7 +6,10 @@ written by tensorstore) is served by nginx (or, without nginx, a Python static s
 layer's canonical path. Each tool reads two boxes, one shard's worth and one crossing 8 shards:
     microns-get fetch em --bbox ... --mirror http://127.0.0.1:PORT   (writes a local layer)
     cloud-volume  CloudVolume('precomputed://http://...')[box]        (into memory)
-    tensorstore   ts.open({... 'kvstore': {'driver': 'http', ...}})[box].read()
+    tensorstore   ts.open({... 'kvstore': {'driver': 'http', ...}})[box].read()   (into memory)
+    tensorstore-to-disk  local[box].write(remote[box]) into a new local unsharded raw layer
+                         (`file` kvstore: temp file, fsync, rename per chunk), i.e. the result
+                         microns-get gives
 Times are of whole processes (imports included), median of --repeat runs after one untimed
 warm-up run per tool and box. The warm-up fills the page cache and compiles each tool's bytecode
 into a cache of the run's own, even under PYTHONDONTWRITEBYTECODE: an installed package carries
@@ -34,6 +37,9 @@ import bench_common as bc  # noqa: E402
 LAYER = "iarpa_microns/minnie/minnie65/em"  # the `em` dataset's canonical path
 CHUNK = (64, 64, 16)
 RESOLUTION = (8, 8, 40)
+# tensorstore-to-disk: tensorstore making what microns-get makes (a local unsharded raw layer,
+# each chunk written to a temp file, fsynced, renamed), the fair peer for the time to a result
+TOOLS = ("microns-get", "tensorstore", "tensorstore-to-disk", "cloud-volume")
 
 
 def write_layer(root: Path, size: tuple[int, int, int]) -> None:
@@ -154,13 +160,29 @@ def tool_commands(name: str, base: str, lo, hi, dest: Path) -> list[str]:
             f"a = cv{sl}\n"
             "print(a.shape, int(a.sum()))\n"
         )
-    else:
+    elif name == "tensorstore":
         code = (
             "import tensorstore as ts\n"
             "s = ts.open({'driver': 'neuroglancer_precomputed', 'kvstore': {'driver': 'http', "
             f"'base_url': '{base}/{LAYER}/'}}}}).result()\n"
             f"a = s{sl[:-1]}, 0].read().result()\n"
             "print(a.shape, int(a.sum()))\n"
+        )
+    else:  # tensorstore-to-disk: the result microns-get gives, a local unsharded raw layer
+        code = (
+            "import json, urllib.request\n"
+            "import tensorstore as ts\n"
+            f"info = json.load(urllib.request.urlopen('{base}/{LAYER}/info'))\n"
+            "top = info['scales'][0]\n"
+            "scale = {k: top[k] for k in ('key', 'size', 'resolution', 'voxel_offset')}\n"
+            "scale.update(encoding='raw', chunk_size=top['chunk_sizes'][0])\n"
+            "s = ts.open({'driver': 'neuroglancer_precomputed', 'kvstore': {'driver': 'http', "
+            f"'base_url': '{base}/{LAYER}/'}}}}).result()\n"
+            "d = ts.open({'driver': 'neuroglancer_precomputed', 'kvstore': {'driver': 'file', "
+            f"'path': '{dest}/{LAYER}/'}}, 'create': True, 'scale_metadata': scale, "
+            "'multiscale_metadata': {'type': info['type'], 'data_type': info['data_type'], "
+            "'num_channels': info['num_channels']}}).result()\n"
+            f"d{sl[:-1]}, 0].write(s{sl[:-1]}, 0]).result()\n"
         )
     return [sys.executable, "-c", code]
 
@@ -216,10 +238,12 @@ def main() -> None:
         for box_name, (lo, hi) in boxes(size).items():
             minimum, n_chunks = minimum_bytes(root, lo, hi)
             timings: dict[str, float] = {}
-            for tool in ("microns-get", "tensorstore", "cloud-volume"):
+            for tool in TOOLS:
                 warm_up(tool, server.url, lo, hi, work / f"{tool}-{box_name}-warm", env)
-                runs = []
-                for i in range(args.repeat):
+            runs: dict[str, list[bc.RunResult]] = {tool: [] for tool in TOOLS}
+            for i in range(args.repeat):
+                # the order rotates each repeat: no tool always runs right after another
+                for tool in TOOLS[i % len(TOOLS) :] + TOOLS[: i % len(TOOLS)]:
                     dest = work / f"{tool}-{box_name}-{i}"
                     run = bc.run_measured(
                         tool_commands(tool, server.url, lo, hi, dest),
@@ -229,9 +253,10 @@ def main() -> None:
                     )
                     if not run.ok:
                         raise SystemExit(f"{tool} failed on {box_name}: {run.stderr_tail}")
-                    runs.append(run)
+                    runs[tool].append(run)
+            for tool in TOOLS:
                 counted = counted_pass(tool, server.url, lo, hi, work, env)
-                seconds = bc.median([r.seconds for r in runs])
+                seconds = bc.median([r.seconds for r in runs[tool]])
                 timings[tool] = seconds
                 results.append(
                     {
@@ -241,13 +266,13 @@ def main() -> None:
                         "hi": hi,
                         "chunks": n_chunks,
                         "seconds": seconds,
-                        "peak_rss_mb": max(r.peak_rss_mb for r in runs),
+                        "peak_rss_mb": max(r.peak_rss_mb for r in runs[tool]),
                         "requests": counted.get("requests"),
                         "bytes": counted.get("bytes"),
                         "minimum_bytes": minimum,
                     }
                 )
-            for r in results[-3:]:
+            for r in results[-len(TOOLS) :]:
                 r["time_ratio_to_microns_get"] = r["seconds"] / timings["microns-get"]
                 rows.append(
                     [
@@ -282,7 +307,8 @@ def main() -> None:
     facts = bc.machine_facts()
     (out / f"cutout-{stamp}.md").write_text(
         f"# Cutout benchmark, {stamp}\n\nvolume {size} uint8 raw gzip, chunks {CHUNK}, 8 shards; "
-        f"served by nginx; median of {args.repeat} runs, whole processes.\n\n{table}\n\n"
+        f"served by nginx; median of {args.repeat} runs (tool order rotated each repeat), "
+        f"whole processes.\n\n{table}\n\n"
         f"machine: {json.dumps(facts)}\n"
     )
     bc.dump_json(out / f"cutout-{stamp}.json", {"facts": facts, "results": results})
