@@ -161,7 +161,7 @@ def test_whole_shard_when_cheaper(cost: int, whole: bool) -> None:
     from microns_get.plan.cutout import MAX_GAP, sharded_reads
     from microns_get.precomputed.sharding import ChunkRange
 
-    # three chunks far apart in a 1 MiB shard: three ranges, or one whole-shard GET
+    # three chunks far apart in a 1 MiB shard: three ranges, or one read of their whole span
     located = {
         f"8_8_40/c{i}": ChunkRange(
             i, 4096 + i * (MAX_GAP + 200_000), 4096 + i * (MAX_GAP + 200_000) + 1000
@@ -171,12 +171,36 @@ def test_whole_shard_when_cheaper(cost: int, whole: bool) -> None:
     reads, choice = sharded_reads("8_8_40/00.shard", located, 1 << 20, True, cost)
     assert choice.whole is whole
     assert len(reads) == (1 if whole else 3)
-    slices = sorted(
-        (c.name, c.offset if whole else reads[i].start + c.offset)
-        for i, r in enumerate(reads)
-        for c in r.chunks
-    )
+    slices = sorted((c.name, r.start + c.offset) for r in reads for c in r.chunks)
     assert slices == sorted((name, r.start) for name, r in located.items())
+    if whole:  # from the first needed byte to the last: not the shard index before them
+        assert (reads[0].start, reads[0].end) == (4096, 4096 + 2 * (MAX_GAP + 200_000) + 1000)
+
+
+def test_a_whole_shard_is_read_in_pieces_cut_at_chunk_boundaries() -> None:
+    """A multi-GB shard read as one stream would be slow on cloud storage and sit in memory
+    whole: its span is read in pieces of at most `max_read` bytes, each a run of whole chunks."""
+    from microns_get.plan.cutout import MAX_GAP, sharded_reads
+    from microns_get.precomputed.sharding import ChunkRange
+
+    stride = 3000 + MAX_GAP + 8000  # chunks of 3000 bytes, gaps too wide to coalesce
+    located = {
+        f"c{i:02d}": ChunkRange(i, 1000 + i * stride, 1000 + i * stride + 3000) for i in range(20)
+    }
+    span_end = 1000 + 19 * stride + 3000
+    reads, choice = sharded_reads("0.shard", located, 2 << 20, True, 1 << 20, max_read=200_000)
+    assert choice.whole and choice.ranged_requests == 20
+    assert all(r.end - r.start <= 200_000 for r in reads)
+    per_piece = (200_000 - 3000) // stride + 1
+    assert [len(r.chunks) for r in reads] == [per_piece] * (20 // per_piece) + (
+        [20 % per_piece] if 20 % per_piece else []
+    )
+    assert [r.start for r in reads] == [1000 + k * per_piece * stride for k in range(len(reads))]
+    assert reads[-1].end == span_end
+    # each piece is a request in the cost model: pieces of one chunk each cost as many requests
+    # as the ranges, plus the gaps' bytes, so ranges win
+    reads, choice = sharded_reads("0.shard", located, 2 << 20, True, 1 << 20, max_read=3000)
+    assert not choice.whole and len(reads) == 20
 
 
 def test_second_box_adds_and_rerun_moves_nothing(mirror_env, tmp_path, capsys) -> None:

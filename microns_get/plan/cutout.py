@@ -3,7 +3,8 @@
 Owns: the cutout request, the plan records (per scale: chunks, absent chunks, reads with the
 chunk slices they carry, per-shard whole-or-ranges choices), and the rules that turn located
 chunks into reads (one GET per unsharded chunk; coalesced byte ranges out of a shard, or the
-whole shard when the cost model says so). Discovery supplies the located chunks; no I/O here.
+shard's whole span of needed chunks when the cost model says so; reads of at most `MAX_READ`
+bytes). Discovery supplies the located chunks; no I/O here.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class Read:
 
 @dataclass(frozen=True)
 class ShardChoice:
+    """How one shard is read: `whole` (its span from the first needed chunk to the last, gaps
+    included) or `ranged_requests` coalesced ranges of `needed_bytes`."""
+
     key: str
     chunks: int
     needed_bytes: int
@@ -148,18 +152,21 @@ def sharded_reads(
     max_gap: int = MAX_GAP,
     max_read: int = MAX_READ,
 ) -> tuple[list[Read], ShardChoice]:
-    """Reads for the located chunks of one shard: coalesced ranges, or the whole shard."""
+    """Reads for the located chunks of one shard: coalesced ranges, or the shard's whole span
+    of needed chunks (gaps included) when the cost model says so. Either way a read is at most
+    `max_read` bytes, cut at chunk boundaries: a single stream is slow on cloud storage, a
+    shard can be GBs (held in memory while its chunks are cut out), and the chunks of the
+    first pieces are written while later ones still arrive."""
     named = sorted(
         (_Named(name, r.start, r.end) for name, r in located.items()),
         key=lambda n: (n.start, n.name),
     )
-    merged = [piece for m in coalesce(named, max_gap) for piece in _split(m.members, max_read)]
-    needed = sum(m.end - m.start for m in merged)
-    whole = choose_whole_shard(needed, len(merged), shard_size, request_cost)
-    choice = ShardChoice(shard_key, len(named), needed, len(merged), shard_size, whole)
-    if whole:
-        slices = tuple(ChunkSlice(n.name, n.start, n.end - n.start) for n in named)
-        return [Read(shard_key, None, None, slices, data_gzip)], choice
+    ranged = _pieces(coalesce(named, max_gap), max_read)
+    span = _pieces(coalesce(named, shard_size), max_read)  # no gap too wide: one span
+    needed = sum(m.end - m.start for m in ranged)
+    span_bytes = sum(m.end - m.start for m in span)
+    whole = choose_whole_shard(needed, len(ranged), span_bytes, request_cost, len(span))
+    choice = ShardChoice(shard_key, len(named), needed, len(ranged), shard_size, whole)
     reads = [
         Read(
             shard_key,
@@ -168,9 +175,13 @@ def sharded_reads(
             tuple(ChunkSlice(n.name, n.start - m.start, n.end - n.start) for n in m.members),
             data_gzip,
         )
-        for m in merged
+        for m in (span if whole else ranged)
     ]
     return reads, choice
+
+
+def _pieces(merged: Sequence[Merged[_Named]], max_read: int) -> list[Merged[_Named]]:
+    return [piece for m in merged for piece in _split(m.members, max_read)]
 
 
 def _split(members: Sequence[_Named], max_read: int) -> list[Merged[_Named]]:

@@ -296,15 +296,17 @@ def choose_whole_shard(
     n_requests: int,
     shard_size: int,
     request_cost_bytes: int = REQUEST_COST_BYTES,
+    whole_requests: int = 1,
 ) -> bool:
-    """True when one GET of the whole shard is cheaper than `n_requests` ranged GETs.
+    """True when reading the whole shard (`shard_size` bytes in `whole_requests` GETs) is
+    cheaper than `n_requests` ranged GETs of `needed_bytes`.
 
     Cost model: cost = bytes transferred + requests * `request_cost_bytes` (the bandwidth a
     request's latency and fee are worth). Ranged: `needed_bytes + n_requests * c`; whole shard:
-    `shard_size + c`. Ties go to ranges, which move fewer bytes.
+    `shard_size + whole_requests * c`. Ties go to ranges, which move fewer bytes.
     """
     ranged = needed_bytes + n_requests * request_cost_bytes
-    whole = shard_size + request_cost_bytes
+    whole = shard_size + whole_requests * request_cost_bytes
     return whole < ranged
 
 
