@@ -41,6 +41,19 @@ def no_proxy_from_the_outside(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def catalog_cache_of_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The parsed-catalogue cache goes to a directory of this test session (every CLI run in a
+    subprocess inherits it), not to the user's ~/.cache."""
+    saved = os.environ.get("MICRONS_GET_CACHE_DIR")
+    os.environ["MICRONS_GET_CACHE_DIR"] = str(tmp_path_factory.mktemp("catalog-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("MICRONS_GET_CACHE_DIR", None)
+    else:
+        os.environ["MICRONS_GET_CACHE_DIR"] = saved
+
+
 def _reusable(root: Path) -> bool:
     try:
         meta = json.loads((root / "meta.json").read_text())
