@@ -105,6 +105,13 @@ def parse_mirror(text: str) -> str:
     raise ConfigError(f"mirror must be auto, s3, gcs, https or a URL: {text!r}")
 
 
+def parse_direct_io(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in ("auto", "off"):
+        raise ConfigError(f"direct_io takes auto or off (got {text!r})")
+    return value
+
+
 def parse_path(text: str | None) -> Path | None:
     if text is None or str(text) == "":
         return None
@@ -156,6 +163,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
         lambda v: None if v in (None, "") else str(v).strip(),
         None,
         'Bandwidth cap: 50M, off, or a schedule "08:00,10M 20:00,off".',
+    ),
+    SettingSpec(
+        "direct_io",
+        parse_direct_io,
+        "auto",
+        "auto: write large objects' parts with O_DIRECT where the file system allows; off: "
+        "through the page cache.",
     ),
     SettingSpec("timeout", parse_positive_float, 60.0, "Seconds before a stalled request fails."),
     SettingSpec("retries", parse_positive_int, 8, "Attempts per request before giving up."),

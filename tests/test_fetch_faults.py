@@ -70,6 +70,29 @@ def test_clean_fetch_is_byte_identical(proxy, tmp_path, capsys) -> None:
     assert not temp_files(tmp_path)
 
 
+@pytest.mark.parametrize("direct_io", ["auto", "off"])
+def test_large_parts_are_written_with_o_direct_unless_turned_off(
+    proxy, tmp_path, capsys, monkeypatch, direct_io: str
+) -> None:
+    from microns_get.transfer import parts
+
+    opened: list[int | None] = []
+
+    def spy(path: Path) -> int | None:
+        opened.append(parts_open_direct(path))
+        return opened[-1]
+
+    parts_open_direct = parts.open_direct
+    monkeypatch.setattr(parts, "open_direct", spy)
+    monkeypatch.setenv("MICRONS_GET_DIRECT_IO", direct_io)
+    assert fetch_stacks(tmp_path, "--part-size", "1M") == 0
+    assert local_files(tmp_path) == expected_tree()
+    if direct_io == "auto":  # the one large object; pytest's tmp dir allows O_DIRECT
+        assert len(opened) == 1 and opened[0] is not None
+    else:
+        assert opened == []
+
+
 @pytest.mark.parametrize(
     "rule",
     [

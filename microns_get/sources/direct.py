@@ -20,7 +20,9 @@ SSL set-up cost about a fifth of such a run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import mmap
 import socket
 import ssl
 import threading
@@ -259,21 +261,29 @@ class RangeRead:
         assert self.end is not None  # a sink or a buffer is given a known range
         want = self.end - self.start
         into = self.into
-        buffer = into if into is not None else memoryview(bytearray(min(BUFFER, want)))
+        # page-aligned (mmap), so a sink may write it with O_DIRECT as it is (`direct_io`)
+        owned = mmap.mmap(-1, min(BUFFER, want)) if into is None else None
+        buffer = into if owned is None else memoryview(owned)
         received = 0
-        while received < want:
-            if self._cancelled.is_set():
-                raise Cancelled(self.url)
-            if into is not None:  # straight into the caller's buffer, nothing to hand on
-                n = resp.readinto(into[received : received + BUFFER])
-            else:
-                assert self.sink is not None
-                n = resp.readinto(buffer[: min(BUFFER, want - received)])
-                if n:
-                    self.sink(buffer[:n], self.start + received)
-            if not n:
-                break
-            received += n
+        try:
+            while received < want:
+                if self._cancelled.is_set():
+                    raise Cancelled(self.url)
+                if into is not None:  # straight into the caller's buffer, nothing to hand on
+                    n = resp.readinto(into[received : received + BUFFER])
+                else:
+                    assert self.sink is not None
+                    n = resp.readinto(buffer[: min(BUFFER, want - received)])
+                    if n:
+                        self.sink(buffer[:n], self.start + received)
+                if not n:
+                    break
+                received += n
+        finally:
+            if owned is not None:
+                buffer.release()
+                with contextlib.suppress(BufferError):  # a view still held: the GC frees it
+                    owned.close()
         return received
 
 

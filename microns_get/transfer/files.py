@@ -79,13 +79,18 @@ def reserve(fd: int, size: int) -> None:
 
 def write_at(fd: int, data: bytes | bytearray | memoryview, offset: int, path: Path) -> None:
     try:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
+        pwrite_all(fd, data, offset)
     except OSError as exc:
         raise wrap_os_error(exc, path) from exc
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Every byte at `offset` (pwrite may write less than asked); OSError as raised."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def sync(fd: int, path: Path) -> None:

@@ -22,6 +22,7 @@ from microns_get.plan.model import PlanItem, RemoteCopy, part_ranges
 from microns_get.sources import ObjectInfo, Source
 from microns_get.transfer import events as ev
 from microns_get.transfer import files
+from microns_get.transfer.direct_io import AlignedWriter, open_direct
 from microns_get.verify.digests import (
     EtagKind,
     StreamHasher,
@@ -81,6 +82,7 @@ class Target:
     fd: int
     final: Path
     path: str  # the item id: its path relative to DEST
+    direct_fd: int | None = None  # the same temp file opened O_DIRECT (see `direct_io`)
 
 
 class PartFetcher:
@@ -107,7 +109,14 @@ class PartFetcher:
         done = engine.begin_parts(item, copy, ranges, final)
         engine.emit(ev.ItemStarted(item.path, size, copy.provider, len(done), len(ranges)))
         fd = await asyncio.to_thread(files.open_temp, final, size)
-        target = Target(source, key, copy, fd, final, item.path)
+        direct_fd = None
+        try:
+            if engine.settings.direct_io == "auto":
+                direct_fd = await asyncio.to_thread(open_direct, files.temp_path_for(final))
+        except BaseException:
+            os.close(fd)
+            raise
+        target = Target(source, key, copy, fd, final, item.path, direct_fd)
         try:
             pending = [i for i in range(len(ranges)) if i not in done]
             await all_or_cancel([self._part(target, i, ranges[i], check) for i in pending])
@@ -115,6 +124,8 @@ class PartFetcher:
             return await asyncio.to_thread(self._verify, target, part_size, ranges, check, digests)
         finally:
             os.close(fd)
+            if target.direct_fd is not None:
+                os.close(target.direct_fd)
 
     async def _part(
         self, target: Target, index: int, byte_range: tuple[int, int], check: str | None
@@ -128,27 +139,43 @@ class PartFetcher:
 
         async def attempt() -> bytes | None:
             hasher = part_hasher(check)
-            async with engine.requests:
-                if direct is not None and get is not None:
-                    sink = self._direct_sink(target, hasher)
-                    position = start + await direct.read(get[0], get[1], start, end, sink)
-                else:
-                    position = await self._stream(target, start, end, pin, hasher)
-            if position != end:
-                raise RemoteError(f"short body for {copy.url}", retryable=True)
-            await asyncio.to_thread(files.sync, target.fd, target.final)  # durable before "done"
+            writer = None
+            try:
+                async with engine.requests:
+                    if direct is not None and get is not None:
+                        if target.direct_fd is not None:
+                            writer = AlignedWriter(target.direct_fd, target.fd, target.final, start)
+                        sink = self._direct_sink(target, hasher, writer)
+                        position = start + await direct.read(get[0], get[1], start, end, sink)
+                    else:
+                        position = await self._stream(target, start, end, pin, hasher)
+                if position != end:
+                    raise RemoteError(f"short body for {copy.url}", retryable=True)
+                # durable before "done"
+                await asyncio.to_thread(_land_part, target, writer)
+                writer = None
+            finally:
+                if writer is not None:  # a failed attempt: its staged bytes are dropped
+                    writer.close()
             return hasher.digest() if hasher else None
 
         digest = await self.request(copy, attempt)
         engine.store.part_done(target.path, index, digest)
 
-    def _direct_sink(self, target: Target, hasher: Any) -> Callable[[memoryview, int], None]:
+    def _direct_sink(
+        self, target: Target, hasher: Any, writer: AlignedWriter | None
+    ) -> Callable[[memoryview, int], None]:
         """Runs on the reader's thread: write and hash each buffer there, report it to the loop."""
         loop = asyncio.get_running_loop()
         moved = self.engine.moved
 
         def sink(buffer: memoryview, position: int) -> None:
-            _absorb(target, buffer, position, hasher)
+            if writer is None:
+                _absorb(target, buffer, position, hasher)
+            else:
+                writer.write(buffer, position)
+                if hasher is not None:
+                    hasher.update(buffer)
             loop.call_soon_threadsafe(moved, target.path, len(buffer))
 
         return sink
@@ -243,6 +270,13 @@ def part_hasher(check: str | None) -> Any:
     if check == "md5":
         return hashlib.md5()
     return _Crc32cHasher() if check == "crc32c" else None
+
+
+def _land_part(target: Target, writer: AlignedWriter | None) -> None:
+    """A part's last staged bytes written, then the file fsynced (in a worker thread)."""
+    if writer is not None:
+        writer.finish()
+    files.sync(target.fd, target.final)
 
 
 def _absorb(target: Target, chunk: bytes | memoryview, position: int, hasher: Any) -> None:
