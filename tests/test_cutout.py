@@ -409,3 +409,11 @@ def test_cutout_keeps_its_resume_state_where_fetch_does(state_dir: str | None) -
 
     settings = type("S", (), {"dest": "/data/dest", "state_dir": state_dir})()
     assert state_file(settings) == fetch_state_dir(settings) / STATE_FILE
+
+
+def test_a_cutout_plan_has_a_short_repr() -> None:
+    from microns_get.plan.cutout import CutoutPlan, ScalePlan
+
+    scale = ScalePlan(0, "8_8_40", (8, 8, 40), {}, False, True, 4096)
+    plan = CutoutPlan({}, "s3://b/em", "b/em", {}, [scale, scale])
+    assert repr(plan) == "CutoutPlan(8192 chunks of 2 scales from s3://b/em)"

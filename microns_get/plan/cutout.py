@@ -97,7 +97,7 @@ class ScalePlan:
         return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
 
 
-@dataclass
+@dataclass(repr=False)
 class CutoutPlan:
     request: Mapping[str, Any]
     layer_url: str
@@ -105,6 +105,10 @@ class CutoutPlan:
     info: Mapping[str, Any]  # the remote info as read
     scales: list[ScalePlan]
     warnings: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:  # short: see `Plan.__repr__`
+        chunks = sum(s.chunks for s in self.scales)
+        return f"CutoutPlan({chunks} chunks of {len(self.scales)} scales from {self.layer_url})"
 
     def to_json(self) -> dict[str, Any]:
         body = {

@@ -50,13 +50,18 @@ class PlanItem:
         return self.copies[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Plan:
     request: Mapping[str, Any]
     items: tuple[PlanItem, ...]
     part_size: int
     mirror: str  # the mirror chosen for planning (URL of the part root)
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __repr__(self) -> str:
+        # not every item: asyncio.run formats its task's result on the way out (Python 3.11),
+        # and a mirror's plan has millions of items
+        return f"Plan({len(self.items)} items, {self.total_bytes} bytes from {self.mirror})"
 
     @property
     def total_bytes(self) -> int:

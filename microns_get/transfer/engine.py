@@ -357,6 +357,7 @@ class Engine:
                     hasher.md5_base64() if hasher.has_md5 else None,
                     None,
                     hasher.crc32c_base64() if hasher.has_crc32c else None,
+                    known_size=len(data),  # all of `data` was written: no stat needed
                 )
                 if not result.ok:
                     files.discard_temp(final)

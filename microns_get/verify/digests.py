@@ -428,14 +428,16 @@ def verify_object(
     known_md5_base64: str | None = None,
     part_md5_by_size: Mapping[int, Sequence[bytes | None]] | None = None,
     known_crc32c_base64: str | None = None,
+    known_size: int | None = None,
 ) -> Verification:
     """Check a local file against the remote's declaration, with the strongest check available.
 
-    `known_*` are digests hashed while streaming (they spare a read); `part_md5_by_size` maps a
-    part size to the per-part MD5s recorded while downloading in parts of that size. A size
-    mismatch always fails; with nothing to compare beyond size the result is "size-only", ok.
+    `known_*` are digests hashed while streaming (they spare a read), and the size written (it
+    spares a stat); `part_md5_by_size` maps a part size to the per-part MD5s recorded while
+    downloading in parts of that size. A size mismatch always fails; with nothing to compare
+    beyond size the result is "size-only", ok.
     """
-    actual = os.path.getsize(path)
+    actual = os.path.getsize(path) if known_size is None else known_size
     if actual != expected.size:
         return Verification("size", False, f"size mismatch: expected {expected.size}, got {actual}")
     md5_want = expected.md5_base64 or etag_md5_base64(expected.etag)
