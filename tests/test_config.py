@@ -85,6 +85,7 @@ def test_http_rewrite_parsing() -> None:
         pytest.param("jobs: [\n", "not valid YAML", id="not-yaml"),
         pytest.param("- a\n- b\n", "mapping", id="not-a-mapping"),
         pytest.param("part_size: lots\n", "not a size", id="bad-size"),
+        pytest.param("direct_io: maybe\n", "direct_io takes auto or off", id="bad-direct-io"),
     ],
 )
 def test_bad_config_file_is_one_clear_error(tmp_path, text, message) -> None:
