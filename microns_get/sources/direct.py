@@ -386,10 +386,11 @@ def make_direct_session(jobs: int = 16, timeout: float = 60.0) -> DirectTranspor
 
 
 async def call_on(
-    executor: Executor, work: Callable[[], T], cancel: Callable[[], None] | None = None
+    executor: Executor | None, work: Callable[[], T], cancel: Callable[[], None] | None = None
 ) -> T:
-    """Run `work` on `executor`. If the awaiting task is cancelled, `cancel` is called and the
-    thread is waited for: whatever it writes is written before this returns."""
+    """Run `work` on `executor` (None: the loop's default one). If the awaiting task is
+    cancelled, `cancel` is called and the thread is waited for: whatever it writes is written
+    before this returns."""
     future = asyncio.get_running_loop().run_in_executor(executor, work)
     try:
         return await asyncio.shield(future)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from microns_get.errors import RemoteError, VerificationFailed
 from microns_get.plan.model import PlanItem, RemoteCopy, part_ranges
 from microns_get.sources import ObjectInfo, Source
+from microns_get.sources.direct import call_on
 from microns_get.transfer import events as ev
 from microns_get.transfer import files
 from microns_get.transfer.direct_io import AlignedWriter, open_direct
@@ -151,9 +152,10 @@ class PartFetcher:
                         position = await self._stream(target, start, end, pin, hasher)
                 if position != end:
                     raise RemoteError(f"short body for {copy.url}", retryable=True)
-                # durable before "done"
-                await asyncio.to_thread(_land_part, target, writer)
-                writer = None
+                # durable before "done"; the thread owns the writer now, and a cancellation
+                # waits for it: nothing may write to the file after `fetch` closes it
+                landing, writer = writer, None
+                await call_on(None, lambda: _land_part(target, landing))
             finally:
                 if writer is not None:  # a failed attempt: its staged bytes are dropped
                     writer.close()
@@ -188,7 +190,7 @@ class PartFetcher:
         async for chunk in target.source.stream(target.key, start, end, pin=pin):
             if engine.throttle is not None:
                 await engine.throttle(len(chunk))
-            await asyncio.to_thread(_absorb, target, chunk, position, hasher)
+            await call_on(None, lambda c=chunk, p=position: _absorb(target, c, p, hasher))
             position += len(chunk)
             engine.moved(target.path, len(chunk))
         return position
