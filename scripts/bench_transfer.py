@@ -376,6 +376,11 @@ def summarize(
     return rows
 
 
+def _spread(seconds: list[float] | None) -> str:
+    """The fastest and slowest run: on a shared machine the spread says as much as the median."""
+    return f"{min(seconds):.2f}-{max(seconds):.2f}" if seconds else "-"
+
+
 def render_table(rows: list[dict[str, Any]]) -> str:
     def fmt(v: Any, spec: str = "") -> str:
         return "-" if v is None else format(v, spec)
@@ -383,6 +388,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     headers = [
         "tool",
         "seconds",
+        "min-max s",
         "MB/s",
         "objects/s",
         "time / microns-get",
@@ -395,6 +401,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         [
             r["tool"],
             fmt(r["seconds"], ".2f"),
+            _spread(r.get("all_seconds")),
             fmt(r["mb_s"], ".1f"),
             fmt(r["objects_s"], ".1f"),
             fmt(r["ratio_to_microns_get"], ".2f"),
@@ -677,8 +684,9 @@ def render_markdown(facts: dict[str, Any], results: dict[str, Any]) -> str:
     lines += [
         "",
         "seconds: wall time of the whole command (start-up, listing, transfer, "
-        "verification), median of the runs; a failed run is not timed. "
-        "time / microns-get: seconds over microns-get's (default settings); below 1 is "
+        "verification), median of the runs; a failed run is not timed. min-max s: the "
+        "fastest and the slowest run. time / microns-get: seconds over microns-get's "
+        "(default settings); below 1 is "
         "faster than microns-get. CPU s: user + system CPU of the tool's process tree. "
         "server CPU s: CPU used by SeaweedFS during the run (it shares the cores). "
         "Peak RSS: largest VmHWM of one process of the tool's tree, sampled from /proc "
