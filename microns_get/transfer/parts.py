@@ -3,7 +3,8 @@
 Owns: the part layout of an object (the upload's own part size when its S3 ETag is multipart,
 so the MD5 of each part, taken while it streams, verifies the object without a second read),
 writing and hashing each piece in a worker thread (hashlib, pwrite and fsync release the GIL,
-so both cores work), fsync of each part before it is recorded done, and the final check.
+so both cores work; the writes go past the page cache where `direct_io` can), fsync of each
+part before it is recorded done, and the final check.
 Must not choose mirrors or decide retries: `Engine` does, through `request`.
 """
 
