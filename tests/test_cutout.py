@@ -417,3 +417,47 @@ def test_a_cutout_plan_has_a_short_repr() -> None:
     scale = ScalePlan(0, "8_8_40", (8, 8, 40), {}, False, True, 4096)
     plan = CutoutPlan({}, "s3://b/em", "b/em", {}, [scale, scale])
     assert repr(plan) == "CutoutPlan(8192 chunks of 2 scales from s3://b/em)"
+
+
+def test_the_local_info_leaves_out_scales_coarser_than_any_fetched() -> None:
+    """A viewer zoomed out past the fetched scales would switch to an empty coarser one; left
+    out, it draws the coarsest fetched one. Scales kept keep their mip numbers."""
+    from types import SimpleNamespace
+
+    from microns_get.plan.cutout import local_info
+
+    spec = {"@type": "neuroglancer_uint64_sharded_v1"}
+    remote = {"data_type": "uint8", "scales": [{"key": k, "sharding": spec} for k in "abc"]}
+
+    def fetch(keys: str, existing: dict | None) -> dict:
+        return local_info(remote, [SimpleNamespace(key=k) for k in keys], existing)
+
+    def shape(info: dict) -> list[tuple[str, bool]]:
+        return [(s["key"], "sharding" in s) for s in info["scales"]]
+
+    first = fetch("a", None)
+    assert shape(first) == [("a", False)]
+    coarser = fetch("c", first)  # the scales up to it come back, as on the remote
+    assert shape(coarser) == [("a", False), ("b", True), ("c", False)]
+    assert shape(fetch("b", coarser)) == [("a", False), ("b", False), ("c", False)]
+    assert shape(fetch("a", coarser)) == shape(coarser)  # a finer fetch drops nothing
+    assert shape(fetch("b", None)) == [("a", True), ("b", False)]
+    assert remote["scales"][0]["sharding"] == spec  # the remote's info is left as it was
+
+
+def test_a_coarser_scale_fetched_later_comes_back_in_its_place(mirror_env, tmp_path) -> None:
+    """Fetched at mip 0 the local info lists only mip 0; a later fetch at mip 2 brings back the
+    scales up to it, in the remote's places, and both read as the remote."""
+    dest, (args, bucket, prefix) = tmp_path / "dest", EM65
+    lo, hi = (3460, 3460, 14820), (3500, 3490, 14850)  # in 32,32,40 nm voxels (mip 2)
+    box = ",".join(map(str, (*lo, *hi)))
+    common = ["--bbox", box, "--bbox-resolution", "32,32,40", "--dest", str(dest), "--json"]
+    info = dest / local_layer(bucket, prefix) / "info"
+
+    assert fetch(*args, *common) == 0
+    assert [s["key"] for s in json.loads(info.read_text())["scales"]] == ["8_8_40"]
+    assert fetch(*args, *common, "--mip", "2") == 0
+    keys = [s["key"] for s in json.loads(info.read_text())["scales"]]
+    assert keys == ["8_8_40", "16_16_40", "32_32_40"]
+    scale_box(mirror_env, bucket, prefix, 2, lo, hi, dest)
+    scale_box(mirror_env, bucket, prefix, 0, (13840, 13840, 14820), (14000, 13960, 14850), dest)

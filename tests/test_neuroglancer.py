@@ -7,8 +7,8 @@ Checked: both data sources load with no error, and the rendered pixels are the d
 that maps uint8 straight to grey, every EM voxel of the box is drawn at its own value; every
 labelled voxel is drawn in neuroglancer's colour for its segment id. A wrong layer path must be
 reported as an error by the same check (the negative control). The view is zoomed in (4 pixels per
-voxel) so neuroglancer draws the fetched finest scale: the coarser scales are listed in the local
-`info` but not fetched, and neuroglancer draws their missing chunks as empty.
+voxel), where neuroglancer draws the fetched finest scale; zoomed out (4 voxels per pixel), it
+must still draw it, as the local `info` leaves out the coarser scales that were not fetched.
 
 Skipped when the `neuroglancer` / `selenium` packages or Debian's `chromium` + `chromium-driver`
 are missing (`make install` installs them where it can). Set `MICRONS_GET_NG_SCREENSHOT=out.png`
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import shutil
 import threading
@@ -135,14 +136,14 @@ class Browser:
         )
         self.driver.add_log_listener(lambda e: self.console.append(f"{e.level}: {e.text}"))
 
-    def show(self, layers: dict[str, Any]) -> None:
-        """One xy section at `ZOOM` pixels per voxel, nothing drawn but the layers."""
+    def show(self, layers: dict[str, Any], zoom: float = ZOOM) -> None:
+        """One xy section at `zoom` pixels per voxel, nothing drawn but the layers."""
         with self.viewer.txn() as s:
             s.dimensions = neuroglancer.CoordinateSpace(
                 names=["x", "y", "z"], units="nm", scales=[8, 8, 40]
             )
             s.position = [CENTER[0], CENTER[1], Z + 0.5]  # the centre of section Z
-            s.cross_section_scale = 1 / ZOOM
+            s.cross_section_scale = 1 / zoom
             s.layout = "xy"
             s.show_axis_lines = False
             s.show_scale_bar = False
@@ -275,6 +276,20 @@ def test_neuroglancer_draws_the_fetched_em_and_segmentation(mirrors, served, bro
     keep = os.environ.get("MICRONS_GET_NG_SCREENSHOT")
     if keep:
         Path(keep).write_bytes(png)
+
+
+def test_zoomed_out_past_the_fetched_scale_the_data_still_shows(dest, served, browser) -> None:
+    """At 4 voxels per pixel neuroglancer would draw a coarser scale of the remote, which was not
+    fetched; the local info leaves such scales out, so it draws the fetched one instead of an
+    empty one (black)."""
+    info = json.loads((dest / EM_PATH / "info").read_text())
+    assert [s["key"] for s in info["scales"]] == ["8_8_40"]
+    browser.show({"em": image(f"{served}/{EM_PATH}")}, zoom=1 / 4)
+    assert browser.layer_errors() == {"em": [""]}
+    rgb, _ = browser.screenshot()
+    # the box's section, 128 x 112 voxels, is 32 x 28 pixels around the viewport's centre
+    middle = rgb[SIZE[1] // 2 - 12 : SIZE[1] // 2 + 12, SIZE[0] // 2 - 14 : SIZE[0] // 2 + 14, 0]
+    assert (middle > 0).mean() > 0.9, "the fetched data is not drawn when zoomed out"
 
 
 def test_a_wrong_layer_path_is_reported(served, browser) -> None:

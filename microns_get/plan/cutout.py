@@ -211,12 +211,26 @@ def local_info(
     remote: Mapping[str, Any], fetched: Sequence[Scale], existing: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """The local layer's info: the remote one (or what is already there), with every fetched
-    scale written unsharded, so it loses its sharding spec."""
+    scale written unsharded, so it loses its sharding spec.
+
+    Scales coarser than every scale fetched (now or before) are left out: a viewer zoomed out
+    past them would switch to one of them and draw nothing, where without them it draws the
+    coarsest fetched one. Those left in keep their places, so a mip number means the same
+    scale as on the remote (cloud-volume, tensorstore); a later fetch of a coarser scale adds
+    the scales up to it."""
     info = copy.deepcopy(dict(existing or remote))
     keys = {s.key for s in fetched}
-    for scale in info.get("scales", []):
-        if scale.get("key") in keys:
-            scale.pop("sharding", None)
+    remote_scales = list(remote.get("scales", []))
+    had = {s.get("key"): s for s in (existing or {}).get("scales", [])}
+    fetched_places = [i for i, s in enumerate(remote_scales) if s.get("key") in keys]
+    keep = max([len(had)] + [i + 1 for i in fetched_places])
+    scales = []
+    for scale in remote_scales[:keep]:
+        local = copy.deepcopy(dict(had.get(scale.get("key"), scale)))
+        if local.get("key") in keys:
+            local.pop("sharding", None)
+        scales.append(local)
+    info["scales"] = scales
     return info
 
 
