@@ -23,7 +23,16 @@ console = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isa
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, sort_keys=False, default=str) + "\n")
+    """Indented JSON, streamed in batches: `json.dumps` of a large plan first holds every piece
+    of the text in a list (millions of small strings), then the joined text as well."""
+    batch: list[str] = []
+    for piece in json.JSONEncoder(indent=2, default=str).iterencode(value):
+        batch.append(piece)
+        if len(batch) >= 65536:
+            sys.stdout.write("".join(batch))
+            batch.clear()
+    batch.append("\n")
+    sys.stdout.write("".join(batch))
 
 
 def human_bytes(n: int | None) -> str:
