@@ -203,3 +203,14 @@ def test_module_entry_point_runs() -> None:
         [sys.executable, "-m", "microns_get", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("microns-get ")
+
+
+def test_json_output_is_streamed_but_the_same_text(capsys) -> None:
+    """`print_json` writes in batches (a million-key plan) the text `json.dumps` would make."""
+    from pathlib import PurePosixPath
+
+    from microns_get.cli.render import print_json
+
+    value = {"items": [{"path": PurePosixPath(f"k/{i}"), "size": i} for i in range(40_000)]}
+    print_json(value)
+    assert capsys.readouterr().out == json.dumps(value, indent=2, default=str) + "\n"
